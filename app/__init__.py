@@ -1,0 +1,1 @@
+"""The serving service: FastAPI + ONNX Runtime with dynamic batching."""

@@ -1,0 +1,27 @@
+"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Request and response bodies of the service's own API (the v2 protocol has its own in `routes/v2.py`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PredictRequest(BaseModel):
+    """JSON body of `POST /predict`: text, or base64-encoded images; one item or a list."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "a gripping, beautifully acted film"},
+                {"text": ["loved it", "a tedious mess"], "model": "sst2-textcnn", "top_k": 2},
+                {"image": "<base64 of a PNG or JPEG file>", "model": "mnist-cnn"},
+            ]
+        },
+    )
+
+    model: str | None = Field(default=None, description="model name; optional when one model of the kind is loaded")
+    top_k: int | None = Field(default=None, ge=1, le=1000, description="how many labels to return, best first")
+    text: str | list[str] | None = Field(default=None, description="a text, or a list of texts")
+    image: str | list[str] | None = Field(default=None, description="a base64 image (or data: URL), or a list")
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> PredictRequest:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of `text` or `image`")
+        return self
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="probability of this label")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most probable label")
+    score: float = Field(description="its probability")
+    top_k: list[LabelScore] = Field(description="the `top_k` most probable labels, best first")
+
+
+class PredictResponse(Prediction):
+    """The answer for one text or image."""
+
+    model: str
+    version: int
+
+
+class BatchPredictResponse(BaseModel):
+    """The answer for a list of texts or several images, in request order."""
+
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+class ModelStatus(BaseModel):
+    name: str
+    version: int | None
+    task: Literal["image", "text"] | None
+    state: Literal["loading", "warming", "ready", "failed", "draining"]
+    provider: str | None = Field(description="the ONNX Runtime execution provider the session really runs on")
+    error: str | None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    live: bool
+    ready: bool
+    models: list[ModelStatus]
+
+
+class ModelDescription(ModelStatus):
+    labels: list[str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    preprocessing: dict[str, Any]
+    max_batch_size: int
+    metrics: dict[str, Any] | None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelDescription]

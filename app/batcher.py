@@ -1,0 +1,176 @@
+"""A dynamic batcher: merges concurrent requests for one model into as few `session.run` calls as it can.
+
+A request that reaches an idle batcher runs at once. While a batch runs, new requests queue, and the next
+batch takes as many of them as fit in `max_batch_size` rows, so batches grow with load on their own. The
+queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
+when the deadline passes), and `drain()` stops intake and answers everything already queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from app.errors import DeadlineExceeded, QueueFull, ShuttingDown
+
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+# Runs in the batcher's worker thread: one outcome (a result or the exception for that request) per request.
+BatchFunction = Callable[[Sequence[RequestT]], list[Any]]
+
+
+@dataclass(eq=False)
+class _Pending(Generic[RequestT]):
+    request: RequestT
+    rows: int
+    deadline: float
+    future: asyncio.Future[Any]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher(Generic[RequestT, ResultT]):
+    """Queues requests for one model and runs them in batches on a dedicated worker thread."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: BatchFunction[RequestT],
+        *,
+        max_batch_size: int,
+        max_queue_size: int,
+        max_wait_s: float = 0.0,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+        on_queue_change: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.max_wait_s = max_wait_s
+        self._run_batch = run_batch
+        self._on_batch = on_batch
+        self._on_queue_change = on_queue_change
+        self._queue: deque[_Pending[RequestT]] = deque()
+        self._queued_rows = 0
+        self._arrival = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._draining = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the worker; call from the event loop that will submit requests."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+
+    async def submit(self, request: RequestT, rows: int, deadline: float) -> ResultT:
+        """Queue `request` (`rows` rows, at most `max_batch_size`) and wait for its result.
+
+        `deadline` is a `time.perf_counter()` value. Raises `QueueFull`, `ShuttingDown`,
+        `DeadlineExceeded`, or the exception the batch function gave for this request.
+        """
+        if self._draining or self._worker is None:
+            raise ShuttingDown(f"model {self.name!r} is not taking requests: the service is shutting down")
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
+        if rows > self.max_batch_size:
+            raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}")
+        pending = _Pending(request, rows, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._arrival.set()
+        if self._on_queue_change:
+            self._on_queue_change(len(self._queue))
+        remaining = deadline - time.perf_counter()
+        try:
+            async with asyncio.timeout(remaining):
+                return await pending.future
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {self.name!r} did not answer within the request deadline; retry later"
+            ) from None
+
+    async def drain(self) -> None:
+        """Refuse new requests, finish every queued one, then stop the worker thread."""
+        self._draining = True
+        self._arrival.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                return
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._run_batch, [p.request for p in batch])
+            except Exception as exc:  # the batch function itself broke: every request in it gets the error
+                outcomes = [exc] * len(batch)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():  # its caller gave up (deadline or disconnect)
+                    continue
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+
+    async def _next_batch(self) -> list[_Pending[RequestT]]:
+        """Wait for work, then take up to `max_batch_size` rows of live requests; [] once drained."""
+        while True:
+            while not self._queue:
+                if self._draining:
+                    return []
+                self._arrival.clear()
+                await self._arrival.wait()
+            if self.max_wait_s > 0 and self._queued_rows < self.max_batch_size and not self._draining:
+                await self._wait_for_more()
+            batch = self._take_live_requests()
+            if batch:
+                return batch
+
+    def _take_live_requests(self) -> list[_Pending[RequestT]]:
+        """Pop requests that fit in one batch, dropping those whose callers left or whose deadline passed."""
+        batch: list[_Pending[RequestT]] = []
+        rows = 0
+        now = time.perf_counter()
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+            pending = self._queue.popleft()
+            self._queued_rows -= pending.rows
+            if pending.future.done():
+                continue
+            if pending.deadline <= now:
+                pending.future.set_exception(
+                    DeadlineExceeded(f"model {self.name!r} could not start this request before its deadline")
+                )
+                continue
+            batch.append(pending)
+            rows += pending.rows
+        if self._on_queue_change:
+            self._on_queue_change(len(self._queue))
+        if self._on_batch and batch:
+            self._on_batch(rows, [now - pending.enqueued_at for pending in batch])
+        return batch
+
+    async def _wait_for_more(self) -> None:
+        """Hold the first request up to `max_wait_s` while the batch is not full."""
+        end = time.perf_counter() + self.max_wait_s
+        while self._queued_rows < self.max_batch_size and not self._draining:
+            remaining = end - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrival.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrival.wait()
+            except TimeoutError:
+                return

@@ -1,0 +1,57 @@
+"""The FastAPI application: `create_app()` wires settings, models, routes, metrics and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodySizeLimit, RequestMetrics
+from app.registry import ModelRegistry
+from app.routes import health, predict, v2
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Image and text classifiers served with ONNX Runtime and dynamic batching.
+
+* `POST /predict` classifies an image (multipart upload, raw `image/*` body or base64 JSON) or text (JSON).
+* `GET /health`, `/health/live`, `/health/ready` for people and Kubernetes probes; `GET /metrics` for Prometheus.
+* `/v2/...` speaks the Open Inference Protocol v2 (KServe / Triton) with JSON or binary tensors.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Models load in the background after start-up; `/health/ready` says when."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.discover()
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        try:
+            yield
+        finally:
+            logger.info("shutting down: draining model queues")
+            await loading
+            await registry.drain()
+
+    app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.include_router(v2.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

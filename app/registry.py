@@ -1,0 +1,109 @@
+"""The set of models this instance serves: discovery, background loading, readiness and lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady
+from app.metrics import Metrics
+from app.served_model import ServedModel
+from app.settings import Settings
+from model_repository import ModelRepositoryError, discover_models, latest_version, load_config, version_dir
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """Every configured model, whether it loaded or not, so health can say what is missing and why."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
+
+    def discover(self) -> None:
+        """Read every selected model's config; a model that cannot be read is recorded as failed."""
+        root = self._settings.models_dir
+        selection = self._settings.model_selection()
+        try:
+            available = discover_models(root)
+        except ModelRepositoryError as exc:
+            available = {}
+            self.failures["<repository>"] = str(exc)
+        for name, pinned in (selection or dict.fromkeys(available)).items():
+            versions = available.get(name, [])
+            version = pinned if pinned is not None else latest_version(root / name)
+            if version is None or version not in versions:
+                wanted = f"version {pinned}" if pinned is not None else "any version"
+                self.failures[name] = f"model {name!r} ({wanted}) is not in {root}"
+                continue
+            try:
+                config = load_config(version_dir(root, name, version))
+                if config.name != name or config.version != version:
+                    raise ModelRepositoryError(
+                        f"{name}/{version}/config.json names {config.name!r} version {config.version}"
+                    )
+            except ModelRepositoryError as exc:
+                self.failures[name] = str(exc)
+                continue
+            self.models[name] = ServedModel(config, version_dir(root, name, version), self._settings, self._metrics)
+        for name, reason in self.failures.items():
+            logger.error("cannot serve %s: %s", name, reason)
+            self._metrics.model_ready.labels(name).set(0)
+
+    async def load_all(self) -> None:
+        """Load and warm every model, one after another, opening each to traffic as soon as it is ready."""
+        for model in self.models.values():
+            self._metrics.model_ready.labels(model.name).set(0)
+            await asyncio.to_thread(model.load)
+            if model.error is None:
+                model.start()
+                self._metrics.model_info.labels(
+                    model.name, str(model.config.version), model.config.task, model.provider
+                ).set(1)
+                self._metrics.model_ready.labels(model.name).set(1)
+
+    async def drain(self) -> None:
+        """Stop intake and answer everything queued, for every model."""
+        await asyncio.gather(*(model.drain() for model in self.models.values()))
+        for model in self.models.values():
+            self._metrics.model_ready.labels(model.name).set(0)
+
+    @property
+    def ready(self) -> bool:
+        """True only when every configured model is ready, and there is at least one."""
+        return bool(self.models) and not self.failures and all(model.ready for model in self.models.values())
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            if name in self.failures:
+                raise ModelNotReady(f"model {name!r} is not available: {self.failures[name]}", retry_after=30)
+            raise ModelNotFound(f"no model named {name!r}; loaded models: {sorted(self.models) or 'none'}")
+        return model
+
+    def select(self, name: str | None, task: Literal["image", "text"]) -> ServedModel:
+        """The model named, or the only model for `task` when no name is given."""
+        if name:
+            model = self.get(name)
+            if model.config.task != task:
+                raise InvalidInput(f"model {name!r} is a {model.config.task} model; it cannot take {task} input")
+            return model
+        candidates = [model for model in self.models.values() if model.config.task == task]
+        if not candidates:
+            raise ModelNotFound(f"no {task} model is loaded; loaded models: {sorted(self.models) or 'none'}")
+        if len(candidates) > 1:
+            names = ", ".join(sorted(model.name for model in candidates))
+            raise InvalidInput(f"several {task} models are loaded ({names}); choose one with the `model` parameter")
+        return candidates[0]
+
+    def status(self) -> list[dict[str, Any]]:
+        found = [model.status() for model in self.models.values()]
+        missing = [
+            {"name": name, "version": None, "task": None, "state": "failed", "provider": None, "error": reason}
+            for name, reason in self.failures.items()
+        ]
+        return found + missing

@@ -1,0 +1,70 @@
+"""Health, readiness, model listing and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api_schemas import HealthResponse, ModelDescription, ModelsResponse
+from app.dependencies import get_registry, require_api_key
+from app.registry import ModelRegistry
+
+router = APIRouter()
+Registry = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+@router.get("/health", response_model=HealthResponse, tags=["health"])
+async def health(registry: Registry) -> HealthResponse:
+    """Liveness with per-model detail. Always 200 while the process answers; see `ready`."""
+    ready = registry.ready
+    return HealthResponse(
+        status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status()
+    )
+
+
+@router.get("/health/live", tags=["health"])
+async def live() -> dict[str, str]:
+    """Kubernetes liveness probe: 200 while the process serves HTTP."""
+    return {"status": "live"}
+
+
+@router.get(
+    "/health/ready",
+    tags=["health"],
+    responses={503: {"description": "a configured model is not loaded and warmed up yet, or failed"}},
+)
+async def ready(registry: Registry) -> JSONResponse:
+    """Kubernetes readiness probe: 200 only when every configured model is loaded and warmed up."""
+    if registry.ready:
+        return JSONResponse({"status": "ready"})
+    not_ready = {item["name"]: item["error"] or item["state"] for item in registry.status() if item["state"] != "ready"}
+    message = "no models configured" if not registry.models and not registry.failures else "models not ready"
+    return JSONResponse({"status": "not_ready", "error": message, "models": not_ready}, status_code=503,
+                        headers={"Retry-After": "5"})
+
+
+@router.get("/models", response_model=ModelsResponse, tags=["models"], dependencies=[Depends(require_api_key)])
+async def list_models(registry: Registry) -> ModelsResponse:
+    """The served models: versions, state, labels, tensors, preprocessing and held-out metrics."""
+    described = []
+    for model in registry.models.values():
+        config = model.config
+        described.append(ModelDescription(
+            **model.status(),
+            labels=config.labels,
+            inputs=[spec.model_dump() for spec in config.inputs],
+            outputs=[spec.model_dump() for spec in config.outputs],
+            preprocessing=config.preprocessing.model_dump(),
+            max_batch_size=model.max_batch_size,
+            metrics=config.metrics.model_dump() if config.metrics else None,
+        ))
+    return ModelsResponse(models=described)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

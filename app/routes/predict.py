@@ -1,0 +1,156 @@
+"""`POST /predict`: an image (multipart upload, raw body or base64 JSON) or text (JSON) to labels."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from app.api_schemas import BatchPredictResponse, PredictRequest, PredictResponse
+from app.dependencies import get_registry, get_settings, require_api_key
+from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
+from app.registry import ModelRegistry
+from app.settings import Settings
+
+router = APIRouter()
+
+_OPENAPI_BODIES = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "one or more image files"},
+                        "model": {"type": "string"},
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _decode_base64(value: str, position: int) -> bytes:
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"image {position} is not valid base64") from None
+
+
+class _Inputs:
+    """What a request asks for, whatever its content type."""
+
+    def __init__(self, kind: Literal["text", "image"], items: list[Any], is_list: bool,
+                 model: str | None, top_k: int | None) -> None:
+        self.kind, self.items, self.is_list, self.model, self.top_k = kind, items, is_list, model, top_k
+
+
+async def _read_json(request: Request) -> _Inputs:
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors()
+        )
+        raise UnprocessableInput(f"invalid JSON body: {problems}") from None
+    if body.text is not None:
+        texts = body.text if isinstance(body.text, list) else [body.text]
+        return _Inputs("text", texts, isinstance(body.text, list), body.model, body.top_k)
+    images = body.image if isinstance(body.image, list) else [body.image]
+    decoded = [_decode_base64(value, position) for position, value in enumerate(images)]
+    return _Inputs("image", decoded, isinstance(body.image, list), body.model, body.top_k)
+
+
+async def _read_multipart(request: Request, settings: Settings) -> _Inputs:
+    async with request.form(max_files=settings.max_items_per_request, max_fields=16) as form:
+        uploads = [item for key in ("file", "files") for item in form.getlist(key)]
+        if not uploads or not all(isinstance(item, UploadFile) for item in uploads):
+            raise UnprocessableInput("multipart body needs one or more image files in the `file` field")
+        images = [await upload.read() for upload in uploads]
+        model = form.get("model")
+        top_k = form.get("top_k")
+    if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
+        raise UnprocessableInput("top_k must be a positive integer")
+    return _Inputs("image", images, len(images) > 1, model if isinstance(model, str) else None,
+                   int(top_k) if top_k else None)
+
+
+def _check_limits(inputs: _Inputs, settings: Settings) -> None:
+    if not inputs.items:
+        raise UnprocessableInput(f"the list of {inputs.kind}s is empty")
+    if len(inputs.items) > settings.max_items_per_request:
+        raise UnprocessableInput(
+            f"{len(inputs.items)} {inputs.kind}s in one request; the limit is {settings.max_items_per_request}"
+        )
+    for position, item in enumerate(inputs.items):
+        if inputs.kind == "text":
+            if not item.strip():
+                raise UnprocessableInput(f"text {position} is empty")
+            if len(item) > settings.max_text_chars:
+                raise UnprocessableInput(
+                    f"text {position} has {len(item)} characters; the limit is {settings.max_text_chars}"
+                )
+        elif not item:
+            raise InvalidInput(f"image {position} is empty")
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    tags=["predict"],
+    summary="Classify an image or a text",
+    dependencies=[Depends(require_api_key)],
+    openapi_extra=_OPENAPI_BODIES,
+    responses={
+        400: {"description": "the input cannot be used (not an image, bad base64, wrong model kind)"},
+        404: {"description": "no such model"},
+        413: {"description": "body or image too large"},
+        415: {"description": "unsupported Content-Type"},
+        422: {"description": "malformed request"},
+        503: {"description": "model not ready, queue full, deadline passed or shutting down (see Retry-After)"},
+    },
+)
+async def predict(
+    request: Request,
+    registry: Annotated[ModelRegistry, Depends(get_registry)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    model: Annotated[str | None, Query(description="model name; optional with one model of the kind")] = None,
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="labels to return")] = None,
+) -> dict[str, Any]:
+    """Classify text sent as JSON (`{"text": "..."}` or a list), or images sent as a multipart
+    `file` upload, a raw `image/*` body, or base64 in JSON (`{"image": "..."}` or a list).
+
+    One input gets one prediction; a list (or several files) gets `predictions` in the same order.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json":
+        inputs = await _read_json(request)
+    elif media_type == "multipart/form-data":
+        inputs = await _read_multipart(request, settings)
+    elif media_type.startswith("image/") or media_type == "application/octet-stream":
+        inputs = _Inputs("image", [await request.body()], False, None, None)
+    else:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {media_type or '(none)'!r}: send application/json, "
+            "multipart/form-data or an image/* body"
+        )
+    _check_limits(inputs, settings)
+    served = registry.select(inputs.model or model, inputs.kind)
+    request.state.model = served.name
+    predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k)
+    if inputs.is_list:
+        return {"model": served.name, "version": served.config.version, "predictions": predictions}
+    return {"model": served.name, "version": served.config.version, **predictions[0]}

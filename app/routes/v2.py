@@ -1,0 +1,128 @@
+"""The Open Inference Protocol v2 REST API (KServe / Triton), served through the same batchers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.dependencies import get_registry, require_api_key
+from app.errors import InvalidInput, ModelNotFound
+from app.registry import ModelRegistry
+from app.served_model import NUMPY_DTYPES, ServedModel
+from app.v2_codec import CONFIG_DTYPE_TO_DATATYPE, HEADER_LENGTH, encode_response, parse_request
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+Registry = Annotated[ModelRegistry, Depends(get_registry)]
+SERVER_NAME = "onnx-classifier-serving"
+SERVER_VERSION = "0.1.0"
+
+
+def _model(registry: ModelRegistry, name: str, version: str | None) -> ServedModel:
+    model = registry.get(name)
+    if version is not None and version != str(model.config.version):
+        raise ModelNotFound(f"model {name!r} is served at version {model.config.version}, not {version!r}")
+    return model
+
+
+def _tensor_metadata(specs: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": spec.name, "datatype": CONFIG_DTYPE_TO_DATATYPE[spec.dtype],
+         "shape": [dim if isinstance(dim, int) else -1 for dim in spec.shape]}
+        for spec in specs
+    ]
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
+
+
+@router.get("/health/live")
+async def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "not every configured model is ready"}})
+async def server_ready(registry: Registry) -> JSONResponse:
+    ready = registry.ready
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/models/{name}", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_api_key)])
+async def model_metadata(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
+    model = _model(registry, name, version)
+    return {
+        "name": model.name,
+        "versions": [str(model.config.version)],
+        "platform": "onnxruntime_onnx",
+        "inputs": _tensor_metadata(model.config.inputs),
+        "outputs": _tensor_metadata(model.config.outputs),
+    }
+
+
+@router.get("/models/{name}/config", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}/config", dependencies=[Depends(require_api_key)])
+async def model_config(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
+    """Triton's model configuration extension: batching limit, tensors and labels."""
+    model = _model(registry, name, version)
+    return {
+        "name": model.name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": model.max_batch_size,
+        "input": [{"name": item["name"], "data_type": "TYPE_" + item["datatype"], "dims": item["shape"][1:]}
+                  for item in _tensor_metadata(model.config.inputs)],
+        "output": [{"name": item["name"], "data_type": "TYPE_" + item["datatype"], "dims": item["shape"][1:]}
+                   for item in _tensor_metadata(model.config.outputs)],
+        "parameters": {"labels": {"string_value": ",".join(model.config.labels)}},
+    }
+
+
+@router.get("/models/{name}/ready", responses={503: {"description": "the model is not ready"}})
+@router.get("/models/{name}/versions/{version}/ready", responses={503: {"description": "the model is not ready"}})
+async def model_ready(registry: Registry, name: str, version: str | None = None) -> JSONResponse:
+    model = _model(registry, name, version)
+    return JSONResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
+
+
+def _rows(model: ServedModel, tensors: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Check the tensors against the model's inputs and split them into rows for the batcher."""
+    specs = {spec.name: spec for spec in model.config.inputs}
+    if set(tensors) != set(specs):
+        raise InvalidInput(f"model {model.name!r} takes inputs {sorted(specs)}; got {sorted(tensors)}")
+    batch = None
+    for name, array in tensors.items():
+        spec = specs[name]
+        if array.dtype != NUMPY_DTYPES[spec.dtype]:
+            raise InvalidInput(f"input {name!r} must be {CONFIG_DTYPE_TO_DATATYPE[spec.dtype]}")
+        fixed_ok = len(array.shape) == len(spec.shape) and all(
+            not isinstance(want, int) or got == want for got, want in zip(array.shape[1:], spec.shape[1:])
+        )
+        if not fixed_ok or array.shape[0] < 1 or 0 in array.shape:
+            raise InvalidInput(f"input {name!r} has shape {list(array.shape)}; the model takes "
+                               f"{[dim if isinstance(dim, int) else -1 for dim in spec.shape]}")
+        if batch is not None and array.shape[:2] != batch:
+            raise InvalidInput("all inputs must share their batch (and sequence) dimensions")
+        batch = array.shape[:2]
+    count = next(iter(tensors.values())).shape[0]
+    return [{name: array[index] for name, array in tensors.items()} for index in range(count)]
+
+
+@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)])
+@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)])
+async def infer(request: Request, registry: Registry, name: str, version: str | None = None) -> Response:
+    """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
+    model = _model(registry, name, version)
+    request.state.model = model.name
+    inference, tensors = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    rows = _rows(model, tensors)
+    output_names = tuple(item.name for item in inference.outputs or [])
+    answers = await model.infer(rows, output_names)
+    outputs = {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
+    body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)})

@@ -1,0 +1,60 @@
+"""ONNX Runtime sessions: which execution providers to ask for, and how sessions are configured."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ALIASES = {"cpu": CPU, "cuda": CUDA}
+
+
+def requested_providers(setting: str) -> list[str]:
+    """The providers to ask for, most preferred first, from the `providers` setting.
+
+    `auto` asks for CUDA when this ONNX Runtime build has it, then CPU. Whether CUDA really works
+    is only known once a session exists: see `session.get_providers()`.
+    """
+    if setting.strip().lower() == "auto":
+        return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    names = [_ALIASES.get(part.strip().lower(), part.strip()) for part in setting.split(",") if part.strip()]
+    unknown = [name for name in names if name not in ort.get_all_providers()]
+    if unknown or not names:
+        raise ValueError(f"unknown execution providers {unknown or setting!r}; known: {ort.get_all_providers()}")
+    if CPU not in names:
+        names.append(CPU)
+    return names
+
+
+def create_session(
+    model_path: Path,
+    providers: list[str],
+    provider_options: dict[str, dict[str, Any]],
+    intra_op_threads: int,
+    inter_op_threads: int,
+) -> ort.InferenceSession:
+    """An inference session with full graph optimisation, logging which providers it really got."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    available = set(ort.get_available_providers())
+    usable = [name for name in providers if name in available]
+    missing = [name for name in providers if name not in available]
+    if missing:
+        logger.warning("%s: providers %s are not in this ONNX Runtime build; using %s", model_path, missing, usable)
+    session = ort.InferenceSession(
+        str(model_path),
+        sess_options=options,
+        providers=[(name, provider_options.get(name, {})) for name in usable],
+    )
+    got = session.get_providers()
+    if usable and got[0] != usable[0]:
+        logger.warning("%s: asked for %s but the session runs on %s", model_path, usable[0], got[0])
+    return session

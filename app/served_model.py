@@ -1,0 +1,310 @@
+"""One model version being served: its ONNX Runtime session, preprocessing, batcher and state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from app.batcher import Batcher
+from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
+from app.image_decoding import decode_image
+from app.metrics import Metrics
+from app.runtime import create_session, requested_providers
+from app.settings import Settings
+from app.text_encoding import TextEncoder
+from model_repository import ModelConfig, ModelRepositoryError, file_sha256
+from model_repository.schema import TEXT_INPUT_IDS
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, np.ndarray]
+
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "bool": np.dtype(np.bool_),
+}
+
+
+class ModelState(str, Enum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class WorkRequest:
+    """What one HTTP request asks of the batcher: rows to preprocess and the answer it wants."""
+
+    kind: Literal["text", "image", "tensor"]
+    inputs: Sequence[Any]  # texts, image bytes, or per-row tensor dicts
+    answer: Literal["predictions", "tensors"]
+    top_k: int = 1
+    output_names: tuple[str, ...] = ()
+
+
+class ServedModel:
+    """Loads, warms up and answers for one model version through its dynamic batcher."""
+
+    def __init__(self, config: ModelConfig, directory: Path, settings: Settings, metrics: Metrics) -> None:
+        self.config = config
+        self.directory = directory
+        self.name = config.name
+        self.state = ModelState.LOADING
+        self.error: str | None = None
+        self.provider: str | None = None
+        self.max_batch_size = (
+            min(config.max_batch_size, settings.max_batch_size) if settings.max_batch_size else config.max_batch_size
+        )
+        self._settings = settings
+        self._metrics = metrics
+        self._session: ort.InferenceSession | None = None
+        self._encoder: TextEncoder | None = None
+        self._output_names = [spec.name for spec in config.outputs]
+        self._input_specs = {spec.name: spec for spec in config.inputs}
+        self._pad_values = {name: 0 for name in self._input_specs}
+        if config.preprocessing.type == "text":
+            self._pad_values[TEXT_INPUT_IDS] = config.preprocessing.pad_token_id
+        self._batcher: Batcher[WorkRequest, Any] | None = None
+
+    # Loading -----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Verify the file, create the session and warm it up. Blocking: call from a worker thread."""
+        try:
+            self._load_session()
+            self.state = ModelState.WARMING
+            self._warm_up()
+        except (ModelRepositoryError, OSError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            self.state = ModelState.FAILED
+            self.error = str(exc)
+            logger.error("model %s failed to load: %s", self.name, exc)
+            return
+        except Exception as exc:  # an ONNX Runtime error type we did not foresee: still a failed model
+            self.state = ModelState.FAILED
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.exception("model %s failed to load", self.name)
+            return
+        logger.info("model %s version %s ready on %s", self.name, self.config.version, self.provider)
+
+    def _load_session(self) -> None:
+        onnx_path = self.directory / self.config.onnx_file
+        digest = file_sha256(onnx_path)
+        if digest != self.config.sha256:
+            raise ModelRepositoryError(
+                f"{onnx_path.name} sha256 is {digest}, but config.json says {self.config.sha256}: "
+                "the file was changed or corrupted"
+            )
+        settings = self._settings
+        self._session = create_session(
+            onnx_path,
+            requested_providers(settings.providers),
+            settings.provider_options,
+            settings.intra_op_threads,
+            settings.inter_op_threads,
+        )
+        self.provider = self._session.get_providers()[0]
+        graph_inputs = {item.name for item in self._session.get_inputs()}
+        graph_outputs = {item.name for item in self._session.get_outputs()}
+        if graph_inputs != set(self._input_specs):
+            raise ModelRepositoryError(f"the ONNX graph takes {sorted(graph_inputs)}, config.json says "
+                                       f"{sorted(self._input_specs)}")
+        if not set(self._output_names) <= graph_outputs:
+            raise ModelRepositoryError(f"the ONNX graph outputs {sorted(graph_outputs)}, config.json says "
+                                       f"{self._output_names}")
+        if self.config.preprocessing.type == "text":
+            self._encoder = TextEncoder(self.config.preprocessing, self.directory, sorted(graph_inputs))
+
+    def _warm_up(self) -> None:
+        """Run the sizes traffic will use, so the first request does not pay for lazy initialisation."""
+        for rows in sorted({1, self.max_batch_size}):
+            if self._encoder is not None:
+                request = WorkRequest("text", ["warm-up"] * rows, "predictions")
+            else:
+                request = WorkRequest("tensor", [self._zero_row()] * rows, "predictions")
+            for _ in range(self._settings.warmup_runs):
+                (outcome,) = self._run_batch([request], record=False)
+                if isinstance(outcome, Exception):
+                    raise ModelRepositoryError(f"warm-up inference failed: {outcome}")
+
+    def _zero_row(self) -> Row:
+        spec = self.config.inputs[0]
+        return {spec.name: np.zeros([int(dim) for dim in spec.shape[1:]], dtype=NUMPY_DTYPES[spec.dtype])}
+
+    def start(self) -> None:
+        """Open the batcher once the model is ready; call from the serving event loop."""
+        metrics, name = self._metrics, self.name
+
+        def on_batch(rows: int, waits: list[float]) -> None:
+            metrics.batch_size.labels(name).observe(rows)
+            histogram = metrics.queue_wait.labels(name)
+            for wait in waits:
+                histogram.observe(wait)
+
+        self._batcher = Batcher(
+            name,
+            self._run_batch,
+            max_batch_size=self.max_batch_size,
+            max_queue_size=self._settings.max_queue_size,
+            max_wait_s=self._settings.max_batch_wait_ms / 1000,
+            on_batch=on_batch,
+            on_queue_change=metrics.queue_depth.labels(name).set,
+        )
+        self._batcher.start()
+        self.state = ModelState.READY
+
+    async def drain(self) -> None:
+        if self._batcher is not None:
+            self.state = ModelState.DRAINING
+            await self._batcher.drain()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    # Answering ---------------------------------------------------------------------------------------
+
+    async def predict(self, kind: Literal["text", "image"], inputs: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
+        """Label, score and top-k for each text or encoded image, in order."""
+        request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)))
+        return await self._submit(request)
+
+    async def infer(self, rows: list[Row], output_names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+        """Raw output tensors, one dict per row, for already-preprocessed input rows."""
+        for name in output_names:
+            if name not in self._output_names:
+                raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
+        return await self._submit(WorkRequest("tensor", rows, "tensors", output_names=output_names))
+
+    async def _submit(self, request: WorkRequest) -> list[Any]:
+        if self._batcher is None or not self.ready:
+            raise ModelNotReady(f"model {self.name!r} is {self.state.value}; retry when /health/ready answers 200")
+        deadline = time.perf_counter() + self._settings.request_timeout_s
+        size = self.max_batch_size
+        if len(request.inputs) <= size:
+            return await self._batcher.submit(request, len(request.inputs), deadline)
+        results: list[Any] = []
+        for start in range(0, len(request.inputs), size):
+            chunk = WorkRequest(request.kind, request.inputs[start:start + size], request.answer,
+                                request.top_k, request.output_names)
+            results.extend(await self._batcher.submit(chunk, len(chunk.inputs), deadline))
+        return results
+
+    # The batch function, run on the batcher's worker thread ------------------------------------------
+
+    def _run_batch(self, requests: Sequence[WorkRequest], record: bool = True) -> list[Any]:
+        """Preprocess every request, run them as one batch, and split the outputs back per request."""
+        started = time.perf_counter()
+        prepared = self._prepare(requests)
+        good = [index for index, rows in enumerate(prepared) if not isinstance(rows, Exception)]
+        outcomes: list[Any] = list(prepared)
+        if good:
+            feeds = self._collate([row for index in good for row in prepared[index]])
+            ran = time.perf_counter()
+            try:
+                outputs = self._session.run(self._output_names, feeds)
+            except Exception as exc:
+                if len(good) == 1:
+                    logger.warning("model %s: inference failed: %s", self.name, exc)
+                    outcomes[good[0]] = InferenceFailed(f"model {self.name!r} failed on this input")
+                    return outcomes
+                # Isolate the request that broke the batch: every other one still gets its answer.
+                for index in good:
+                    (outcomes[index],) = self._run_batch([requests[index]], record=record)
+                return outcomes
+            finished = time.perf_counter()
+            if record:
+                self._metrics.preprocess_duration.labels(self.name).observe(ran - started)
+                self._metrics.inference_duration.labels(self.name).observe(finished - ran)
+            start = 0
+            for index in good:
+                end = start + len(prepared[index])
+                outcomes[index] = self._answer(requests[index], [output[start:end] for output in outputs])
+                start = end
+        return outcomes
+
+    def _prepare(self, requests: Sequence[WorkRequest]) -> list[list[Row] | Exception]:
+        prepared: list[list[Row] | Exception] = []
+        texts = [text for request in requests if request.kind == "text" for text in request.inputs]
+        encoded = iter(self._encoder.encode(texts)) if texts and self._encoder is not None else iter(())
+        for request in requests:
+            if request.kind == "text":
+                prepared.append([next(encoded) for _ in request.inputs])
+            elif request.kind == "image":
+                prepared.append(self._decode_images(request.inputs))
+            else:
+                prepared.append(list(request.inputs))
+        return prepared
+
+    def _decode_images(self, images: Sequence[bytes]) -> list[Row] | Exception:
+        spec = self.config.preprocessing
+        input_name = self.config.inputs[0].name
+        rows = []
+        for position, data in enumerate(images):
+            try:
+                rows.append({input_name: decode_image(data, spec, self._settings.max_image_pixels)})
+            except ServiceError as exc:
+                if len(images) > 1:
+                    exc.message = f"image {position}: {exc.message}"
+                return exc
+        return rows
+
+    def _collate(self, rows: list[Row]) -> dict[str, np.ndarray]:
+        """Stack rows into batch tensors, padding sequences to the longest row in this batch."""
+        feeds = {}
+        for name in self._input_specs:
+            arrays = [row[name] for row in rows]
+            longest = max(array.shape[-1] for array in arrays) if arrays[0].ndim else 0
+            if all(array.shape == arrays[0].shape for array in arrays):
+                feeds[name] = np.stack(arrays)
+                continue
+            batch = np.full((len(arrays), longest), self._pad_values[name], dtype=arrays[0].dtype)
+            left = self.config.preprocessing.type == "text" and self.config.preprocessing.padding_side == "left"
+            for position, array in enumerate(arrays):
+                if left:
+                    batch[position, longest - array.shape[-1]:] = array
+                else:
+                    batch[position, :array.shape[-1]] = array
+            feeds[name] = batch
+        return feeds
+
+    def _answer(self, request: WorkRequest, outputs: list[np.ndarray]) -> list[Any]:
+        if request.answer == "tensors":
+            wanted = request.output_names or tuple(self._output_names)
+            by_name = dict(zip(self._output_names, outputs, strict=True))
+            return [{name: by_name[name][row] for name in wanted} for row in range(len(outputs[0]))]
+        scores = outputs[0].astype(np.float32, copy=False)
+        if self.config.output_type == "logits":
+            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :request.top_k]
+        labels = self.config.labels
+        predictions = []
+        for row_scores, row_order in zip(scores.tolist(), order.tolist(), strict=True):
+            top = [{"label": labels[index], "score": row_scores[index]} for index in row_order]
+            predictions.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
+        return predictions
+
+    # Description -------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.config.version,
+            "task": self.config.task,
+            "state": self.state.value,
+            "provider": self.provider,
+            "error": self.error,
+        }

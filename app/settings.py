@@ -1,0 +1,79 @@
+"""Service settings, read from environment variables prefixed with `SERVE_` (or a `.env` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field is set by `SERVE_<FIELD NAME IN CAPITALS>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", env_file=".env", extra="ignore")
+
+    # Where and what to serve.
+    models_dir: Path = Field(default=Path("models"), description="the model repository to load")
+    models: str = Field(
+        default="",
+        description="comma-separated models to serve, each `name` or `name:version`; "
+        "empty serves the latest version of every model in models_dir",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # ONNX Runtime.
+    providers: str = Field(
+        default="auto",
+        description="`auto` (CUDA when usable, else CPU), `cpu`, `cuda`, or a comma-separated list "
+        "of ONNX Runtime provider names in order of preference",
+    )
+    provider_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='JSON object of provider name to options, e.g. {"CUDAExecutionProvider": {"device_id": 0}}',
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="threads per inference; 0 lets ONNX Runtime pick")
+    inter_op_threads: int = Field(default=0, ge=0)
+    warmup_runs: int = Field(default=1, ge=0, description="warm-up inferences per input shape before ready")
+
+    # Dynamic batching and overload protection.
+    max_batch_size: int = Field(default=0, ge=0, description="cap on every model's batch size; 0 keeps each config's")
+    max_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="how long a batch may wait for more requests when the model is idle; 0 runs at once",
+    )
+    max_queue_size: int = Field(default=512, ge=1, description="requests waiting per model before 503")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="deadline from arrival to answer")
+
+    # Request limits.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_items_per_request: int = Field(default=256, ge=1, description="texts or images in one request")
+    max_text_chars: int = Field(default=20_000, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="larger images are refused (413)")
+    default_top_k: int = Field(default=5, ge=1)
+
+    # Access and process.
+    api_key: SecretStr | None = Field(
+        default=None, description="when set, /predict, /models and /v2 model routes need it (X-API-Key or Bearer)"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(default=False, description="uvicorn's access log (costs about 40% throughput)")
+    graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    def model_selection(self) -> dict[str, int | None]:
+        """`models` parsed as {name: pinned version or None}."""
+        selection: dict[str, int | None] = {}
+        for entry in filter(None, (part.strip() for part in self.models.split(","))):
+            name, _, version = entry.partition(":")
+            if version and not version.isdigit():
+                raise ValueError(f"SERVE_MODELS entry {entry!r}: version must be a positive integer")
+            selection[name] = int(version) if version else None
+        return selection
