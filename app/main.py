@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             logger.info("shutting down: draining model queues")
-            await loading
+            loading.cancel()  # a model still loading is not waited for; its thread ends with the process
+            await asyncio.gather(loading, return_exceptions=True)
             await registry.drain()
 
     app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
