@@ -1,0 +1,1 @@
+"""Data sources: IDX files, image folders, text tables and offline built-in datasets."""

@@ -1,0 +1,251 @@
+"""`python -m training image`: train, evaluate and publish an image classifier."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from model_repository import ImagePreprocessing, TensorSpec
+from model_repository.image_transform import image_to_array
+from training.augment import ImageTransform, eval_transform, train_transform
+from training.data.idx import load_idx_dataset
+from training.data.image_folder import load_image_folder
+from training.data.images import ArrayImages, ImageDataset, LabelledImages
+from training.data.offline import load_offline
+from training.data.splits import stratified_split
+from training.errors import TrainingError
+from training.evaluate import compute_metrics
+from training.export import InputBatch
+from training.loop import FitSettings, fit, predict
+from training.models.cnn import SmallCNN
+from training.models.resnet import ResNet
+from training.options import ImageOptions
+from training.preprocessing import estimate_mean_std
+from training.publish import TrainedModel, publish_model
+from training.repository import resolve_version
+from training.runtime import default_workers, resolve_device, seed_everything
+
+INPUT_NAME = "pixel_values"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+ARCH_DEFAULTS = {
+    "cnn": {"epochs": 10, "batch_size": 128, "learning_rate": 3e-3},
+    "resnet": {"epochs": 30, "batch_size": 64, "learning_rate": 1e-3},
+}
+PARITY_BATCH_SIZES = (1, 3, 8)
+
+
+class ImageExamples(Dataset):
+    """(`{"pixel_values": CHW tensor}`, label) pairs through a Pillow-to-array transform."""
+
+    def __init__(self, data: LabelledImages, transform: ImageTransform) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        pixels = self.transform(self.data.images[index])
+        return {INPUT_NAME: torch.from_numpy(pixels)}, int(self.data.labels[index])
+
+
+def load_dataset(options: ImageOptions) -> ImageDataset:
+    """The one data source the options name."""
+    sources = [options.idx_dir, options.image_folder, options.offline]
+    if sum(source is not None for source in sources) != 1:
+        raise TrainingError("give exactly one data source: --idx-dir, --image-folder or --offline")
+    if options.test_folder is not None and options.image_folder is None:
+        raise TrainingError("--test-folder goes with --image-folder")
+    if options.idx_dir is not None:
+        return load_idx_dataset(options.idx_dir)
+    if options.image_folder is not None:
+        return load_image_folder(options.image_folder, options.test_folder)
+    return load_offline(options.offline)
+
+
+def choose_preprocessing(options: ImageOptions, train: LabelledImages) -> ImagePreprocessing:
+    """Serving preprocessing from the options; unset values follow the architecture and the data.
+
+    cnn: the images' own size (32 for files), no resize step, mean/std measured on the training images.
+    resnet: 224 crop of the shorter side resized to 256 (scaled with the crop), ImageNet mean/std for RGB.
+    """
+    images = train.images
+    native = images.pixels.shape[1] if isinstance(images, ArrayImages) else 32
+    grayscale = isinstance(images, ArrayImages) and images.pixels.ndim == 3
+    color_mode = options.color_mode or ("L" if grayscale else "RGB")
+    if options.arch == "resnet":
+        size = options.image_size or 224
+        resize = options.resize or round(size * 256 / 224)
+    else:
+        size = options.image_size or native
+        resize = options.resize
+    channels = 1 if color_mode == "L" else 3
+    spec = ImagePreprocessing(
+        color_mode=color_mode,
+        height=size,
+        width=size,
+        resize=resize,
+        interpolation=options.interpolation,
+        mean=options.mean or [0.0] * channels,
+        std=options.std or [1.0] * channels,
+    )
+    if options.mean and options.std:
+        return spec
+    if options.arch == "resnet" and color_mode == "RGB":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        sample = np.random.default_rng(0).permutation(len(images))[:2000]
+        mean, std = estimate_mean_std([images[int(i)] for i in sample], spec)
+    return spec.model_copy(update={"mean": options.mean or mean, "std": options.std or std})
+
+
+def build_model(options: ImageOptions, channels: int, num_labels: int) -> nn.Module:
+    if options.arch == "cnn":
+        return SmallCNN(channels, num_labels, widths=options.cnn_widths or (32, 64, 128))
+    if options.arch == "resnet":
+        return ResNet(
+            channels, num_labels, blocks=options.resnet_blocks or (2, 2, 2, 2), width=options.resnet_width
+        )
+    raise TrainingError(f"unknown image architecture {options.arch!r}")
+
+
+def _array_batches(
+    data: LabelledImages, spec: ImagePreprocessing, sizes: tuple[int, ...]
+) -> list[InputBatch]:
+    """Held-out images preprocessed exactly as the server does, grouped into batches of the given sizes."""
+    indices = itertools.cycle(range(len(data)))
+    return [
+        {INPUT_NAME: np.stack([image_to_array(data.images[next(indices)], spec) for _ in range(size)])}
+        for size in sizes
+    ]
+
+
+def split_dataset(
+    dataset: ImageDataset, options: ImageOptions
+) -> tuple[LabelledImages, LabelledImages, LabelledImages, str]:
+    """Train, validation (early stopping) and test (final metrics) sets, stratified and seeded."""
+    train, test, description = dataset.train, dataset.test, dataset.test_description
+    if test is None:
+        kept, held = stratified_split(
+            train.labels, options.test_fraction, options.seed, f"{dataset.name} test split"
+        )
+        train, test = train.take(kept), train.take(held)
+        description = f"{dataset.name} held-out {options.test_fraction:.0%} split ({len(test)} images)"
+    kept, held = stratified_split(
+        train.labels, options.val_fraction, options.seed, f"{dataset.name} validation split"
+    )
+    train, validation = train.take(kept), train.take(held)
+    if options.max_train_samples is not None and options.max_train_samples < len(train):
+        order = np.random.default_rng(options.seed).permutation(len(train))[: options.max_train_samples]
+        train = train.take(np.sort(order))
+    return train, validation, test, description
+
+
+def run_image(options: ImageOptions) -> Path:
+    """Train, evaluate on the held-out split, export and publish; returns the version folder."""
+    started = time.perf_counter()
+    version = resolve_version(options.models_dir, options.name, options.version, options.overwrite)
+    device = resolve_device(options.device)
+    seed_everything(options.seed)
+    dataset = load_dataset(options)
+    labels = options.label_names or dataset.class_names
+    if len(labels) != len(dataset.class_names):
+        raise TrainingError(f"--label-names gives {len(labels)} names for {len(dataset.class_names)} classes")
+    train, validation, test, split_description = split_dataset(dataset, options)
+    spec = choose_preprocessing(options, train)
+    augment = (
+        options.augment if options.augment != "auto" else ("affine" if options.arch == "cnn" else "crop-flip")
+    )
+    defaults = ARCH_DEFAULTS[options.arch]
+    batch_size = options.batch_size or defaults["batch_size"]
+    workers = default_workers(device) if options.workers is None else options.workers
+    generator = torch.Generator().manual_seed(options.seed)
+    loader_args = {"batch_size": batch_size, "num_workers": workers, "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(
+        ImageExamples(train, train_transform(spec, augment)),
+        shuffle=True,
+        drop_last=len(train) > batch_size,
+        generator=generator,
+        persistent_workers=workers > 0,
+        **loader_args,
+    )
+    val_loader = DataLoader(ImageExamples(validation, eval_transform(spec)), **loader_args)
+    test_loader = DataLoader(ImageExamples(test, eval_transform(spec)), batch_size=batch_size)
+    print(
+        f"{dataset.name}: {len(train)} train / {len(validation)} validation / {len(test)} test images, "
+        f"{len(labels)} classes, {spec.color_mode} {spec.width}x{spec.height}, on {device}",
+        file=sys.stderr,
+    )
+
+    model = build_model(options, spec.channels, len(labels)).to(memory_format=torch.channels_last)
+    settings = FitSettings(
+        epochs=options.epochs or defaults["epochs"],
+        learning_rate=options.learning_rate or defaults["learning_rate"],
+        weight_decay=options.weight_decay,
+        warmup_fraction=options.warmup_fraction,
+        patience=options.patience,
+        label_smoothing=options.label_smoothing,
+        amp=options.amp,
+    )
+    result = fit(model, train_loader, val_loader, settings, device)
+    logits, targets = predict(model, test_loader, device)
+    metrics = compute_metrics(logits, targets, split_description)
+    training_seconds = time.perf_counter() - started
+
+    parity = _array_batches(test, spec, PARITY_BATCH_SIZES)
+    calibration = _array_batches(train, spec, (32,) * 8) if options.quantize else None
+    architecture = (
+        f"SmallCNN(widths={list(options.cnn_widths or (32, 64, 128))})"
+        if options.arch == "cnn"
+        else f"ResNet(blocks={list(options.resnet_blocks or (2, 2, 2, 2))}, width={options.resnet_width})"
+    )
+    trained = TrainedModel(
+        task="image",
+        model=model,
+        labels=labels,
+        preprocessing=spec,
+        inputs=[
+            TensorSpec(
+                name=INPUT_NAME, dtype="float32", shape=["batch", spec.channels, spec.height, spec.width]
+            )
+        ],
+        example={
+            INPUT_NAME: torch.from_numpy(np.concatenate([parity[0][INPUT_NAME], parity[0][INPUT_NAME]]))
+        },
+        parity_batches=parity,
+        test_loader=test_loader,
+        metrics=metrics,
+        fit=result,
+        calibration=calibration,
+        training={
+            "dataset": str(options.idx_dir or options.image_folder or f"offline:{options.offline}"),
+            "test_split": split_description,
+            "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
+            "architecture": architecture,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "augmentation": augment,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            **asdict(settings),
+            "batch_size": batch_size,
+            "seed": options.seed,
+            "device": str(device),
+            "torch_version": torch.__version__,
+            "training_seconds": round(training_seconds, 1),
+        },
+        facts={
+            "epochs (best)": f"{len(result.history)} ({result.best_epoch})",
+            "training time": f"{training_seconds / 60:.1f} min on {device}",
+        },
+    )
+    return publish_model(trained, options, version)

@@ -1,0 +1,47 @@
+"""Kim-style convolutional text classifier whose output does not depend on padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TextCNN(nn.Module):
+    """Embedding, 1-D convolutions of several widths, max-pool over tokens, dropout, linear head.
+
+    Padding-invariant: padded positions are zeroed before the convolutions (which zero-pad at the
+    edges, so a window past the end of a text sees zeros either way) and excluded from the max-pool,
+    so a text padded inside a longer batch gives the same logits as the text alone.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int,
+        pad_token_id: int,
+        embedding_dim: int = 128,
+        filters: int = 128,
+        kernel_sizes: Sequence[int] = (1, 2, 3, 4, 5),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_token_id)
+        self.embedding_dropout = nn.Dropout(dropout / 2)
+        self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, filters, size) for size in kernel_sizes)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(filters * len(kernel_sizes), num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(1).bool()  # (batch, 1, sequence)
+        tokens = self.embedding_dropout(self.embedding(input_ids)).transpose(1, 2) * mask
+        pooled = []
+        for conv in self.convs:
+            size = conv.kernel_size[0]
+            # Output position i sees tokens i - (size - 1) // 2 ... i + size // 2: one output per token.
+            features = conv(F.pad(tokens, ((size - 1) // 2, size // 2)))
+            features = features.masked_fill(~mask, torch.finfo(features.dtype).min)
+            pooled.append(F.relu(features.amax(dim=2)))
+        return self.head(self.dropout(torch.cat(pooled, dim=1)))

@@ -1,0 +1,164 @@
+"""After training: plots, ONNX export and checks, optional INT8 quantization, config and publication."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model_repository import (
+    EvaluationMetrics,
+    ImagePreprocessing,
+    ModelConfig,
+    TensorSpec,
+    TextPreprocessing,
+    file_sha256,
+)
+from training.errors import ExportError
+from training.evaluate import compute_metrics
+from training.export import InputBatch, check_onnx_file, check_parity, export_onnx, onnx_predict, open_session
+from training.loop import FitResult
+from training.options import CommonOptions
+from training.plots import plot_confusion_matrix, plot_training_curves
+from training.quantize import quantize_dynamic_int8, quantize_static_qdq
+from training.report import print_summary
+from training.repository import publish, staging_dir
+
+
+@dataclass
+class TrainedModel:
+    """Everything a task hands over once training and PyTorch evaluation are done."""
+
+    task: Literal["image", "text"]
+    model: nn.Module
+    labels: list[str]
+    preprocessing: ImagePreprocessing | TextPreprocessing
+    inputs: list[TensorSpec]
+    example: dict[str, torch.Tensor]
+    parity_batches: list[InputBatch]
+    test_loader: DataLoader
+    metrics: EvaluationMetrics
+    fit: FitResult
+    training: dict[str, Any]
+    calibration: list[InputBatch] | None = None
+    extra_check: Callable[[ort.InferenceSession], str] | None = None
+    write_files: Callable[[Path], None] | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+def _dynamic_axes(inputs: list[TensorSpec]) -> dict[str, dict[int, str]]:
+    return {
+        spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
+        for spec in inputs
+    }
+
+
+def _quantize(
+    trained: TrainedModel, fp32_path: Path, target: Path, options: CommonOptions
+) -> tuple[EvaluationMetrics, dict[str, Any]]:
+    """Write the INT8 model to `target`; its held-out accuracy may drop by `max_quantization_drop` at most."""
+    if trained.calibration is not None:
+        method = "static QDQ (per-channel INT8, calibrated)"
+        quantize_static_qdq(fp32_path, target, trained.calibration)
+    else:
+        method = "dynamic (INT8 weights)"
+        quantize_dynamic_int8(fp32_path, target)
+    logits, labels = onnx_predict(open_session(target), trained.test_loader)
+    metrics = compute_metrics(logits, labels, f"{trained.metrics.split}, INT8 ONNX")
+    drop = trained.metrics.accuracy - metrics.accuracy
+    info = {
+        "method": method,
+        "fp32_accuracy": trained.metrics.accuracy,
+        "int8_accuracy": metrics.accuracy,
+        "fp32_bytes": fp32_path.stat().st_size,
+        "int8_bytes": target.stat().st_size,
+    }
+    if drop > options.max_quantization_drop:
+        raise ExportError(
+            f"INT8 quantization costs {100 * drop:.2f} accuracy points ({100 * trained.metrics.accuracy:.2f}% -> "
+            f"{100 * metrics.accuracy:.2f}%), more than --max-quantization-drop {100 * options.max_quantization_drop:.2f}"
+        )
+    return metrics, info
+
+
+def publish_model(trained: TrainedModel, options: CommonOptions, version: int) -> Path:
+    """Export, check, (quantize), write reports and config into a staging folder, then publish it.
+
+    Raises `ExportError` (leaving the repository untouched) if the ONNX model fails a check.
+    """
+    staging = staging_dir(options.models_dir, options.name, version)
+    try:
+        directory = _build_version(trained, options, version, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _build_version(trained: TrainedModel, options: CommonOptions, version: int, staging: Path) -> Path:
+    print("exporting to ONNX and checking it against PyTorch...", file=sys.stderr)
+    dynamic_axes = _dynamic_axes(trained.inputs)
+    model_path = staging / "model.onnx"
+    facts = dict(trained.facts)
+    training = dict(trained.training)
+    metrics = trained.metrics
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32_path = Path(scratch) / "model.onnx"
+        export_onnx(trained.model, trained.example, dynamic_axes, fp32_path)
+        check_onnx_file(fp32_path, [spec.name for spec in trained.inputs], dynamic_axes)
+        session = open_session(fp32_path)
+        worst = check_parity(session, trained.model, trained.parity_batches)
+        shapes = ", ".join("x".join(map(str, next(iter(b.values())).shape)) for b in trained.parity_batches)
+        facts["ONNX parity"] = f"max |diff| {worst:.1e} on batches {shapes}"
+        training["onnx_parity_max_abs_diff"] = worst
+        if trained.extra_check is not None:
+            facts["padding check"] = trained.extra_check(session)
+        if options.quantize:
+            print("quantizing to INT8...", file=sys.stderr)
+            metrics, training["quantization"] = _quantize(trained, fp32_path, model_path, options)
+            quantization = training["quantization"]
+            facts["INT8 accuracy change"] = (
+                f"{100 * (quantization['int8_accuracy'] - quantization['fp32_accuracy']):+.2f} points"
+            )
+            facts["size fp32 -> int8"] = (
+                f"{quantization['fp32_bytes'] / 1e6:.2f} MB -> {quantization['int8_bytes'] / 1e6:.2f} MB"
+            )
+        else:
+            shutil.copyfile(fp32_path, model_path)
+    facts["ONNX file"] = f"{model_path.stat().st_size / 1e6:.2f} MB"
+    if trained.write_files is not None:
+        trained.write_files(staging)
+    (staging / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    plot_training_curves(trained.fit.history, staging / "training_curves.png", trained.fit.best_epoch)
+    plot_confusion_matrix(
+        metrics.confusion_matrix, trained.labels, staging / "confusion_matrix.png", metrics.split
+    )
+    training["history"] = trained.fit.as_dict()["history"]
+    config = ModelConfig(
+        name=options.name,
+        version=version,
+        task=trained.task,
+        description=options.description,
+        sha256=file_sha256(model_path),
+        inputs=trained.inputs,
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", len(trained.labels)])],
+        output_type="logits",
+        labels=trained.labels,
+        preprocessing=trained.preprocessing,
+        max_batch_size=options.max_batch_size,
+        metrics=metrics,
+        training=json.loads(json.dumps(training, default=str)),
+    )
+    directory = publish(staging, config, options.models_dir)
+    print_summary(options.name, directory, metrics, facts)
+    return directory
