@@ -1,0 +1,135 @@
+"""Fixtures of the serving end-to-end tests: the models under test, real server processes and real data.
+
+The models under test are named here and only here: the bundled default models in `models/`
+(SERVING_TEST_MODELS_DIR, SERVING_TEST_IMAGE_MODEL and SERVING_TEST_TEXT_MODEL point the suite elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .support import REPO_ROOT, ModelUnderTest, ServerProcess, mnist_digits, png_bytes
+
+MODELS_DIR = Path(os.environ.get("SERVING_TEST_MODELS_DIR", REPO_ROOT / "models"))
+IMAGE_MODEL = os.environ.get("SERVING_TEST_IMAGE_MODEL", "mnist-cnn")
+TEXT_MODEL = os.environ.get("SERVING_TEST_TEXT_MODEL", "sst2-textcnn")
+
+# Limits of the shared server, set low enough for the tests to cross them cheaply.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_IMAGE_PIXELS = 250_000
+MAX_ITEMS = 64
+
+# Movie-review-like sentences, positive and negative, short and long.
+REVIEWS = [
+    "A gripping, beautifully acted film that stays with you long after the credits roll.",
+    "A tedious mess with wooden dialogue and a plot that goes nowhere.",
+    "I loved every minute of it.",
+    "The worst two hours I have spent in a cinema this year.",
+    "Charming, funny and surprisingly moving.",
+    "The director seems to have no idea what story he wants to tell.",
+    "An instant classic: smart, warm and endlessly inventive.",
+    "Flat characters, lazy jokes and a soundtrack that never stops shouting.",
+    "The performances are terrific, especially the two leads.",
+    "Boring.",
+    "It is overlong and self-indulgent, but the final act almost redeems it.",
+    "A quiet, thoughtful drama that trusts its audience.",
+    "Nothing in this film makes sense, and nobody involved seems to care.",
+    "One of the most exhilarating action movies in years.",
+    "The script is clumsy and the pacing is glacial.",
+    "A heartfelt story told with real wit and style.",
+    "I wanted to like it, yet it left me cold.",
+    "Visually stunning and emotionally rich.",
+    "The sequel nobody asked for, and it shows.",
+    "Funny, sharp and full of life, it is a joy from start to finish.",
+]
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def image_model(models_dir: Path) -> ModelUnderTest:
+    model = ModelUnderTest.load(models_dir, IMAGE_MODEL)
+    assert model.config.task == "image"
+    return model
+
+
+@pytest.fixture(scope="session")
+def text_model(models_dir: Path) -> ModelUnderTest:
+    model = ModelUnderTest.load(models_dir, TEXT_MODEL)
+    assert model.config.task == "text"
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits() -> list[bytes]:
+    """256 distinct real handwritten digits as PNG files."""
+    return [png_bytes(pixels) for pixels in mnist_digits(256)]
+
+
+@pytest.fixture(scope="session")
+def reviews() -> list[str]:
+    return list(REVIEWS)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, image_model: ModelUnderTest,
+           text_model: ModelUnderTest) -> Iterator[ServerProcess]:
+    """The shared server: both models, ready, with low request limits."""
+    process = ServerProcess(models_dir, tmp_path_factory.mktemp("server"), {
+        "SERVE_MODELS": f"{image_model.name},{text_model.name}",
+        "SERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+        "SERVE_MAX_ITEMS_PER_REQUEST": str(MAX_ITEMS),
+    })
+    process.start().wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start extra servers for one test (`start_server(models_dir, SERVE_X=...)`); all stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(models: Path, **env: str) -> ServerProcess:
+        process = ServerProcess(models, tmp_path / f"server-{len(started)}", env)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def copy_models(tmp_path: Path, models_dir: Path) -> Callable[..., Path]:
+    """Copy the named model folders into a fresh models dir under tmp_path, to alter them."""
+
+    def copy(*names: str, edit: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+        target = tmp_path / "models"
+        target.mkdir(exist_ok=True)
+        for name in names:
+            shutil.copytree(models_dir / name, target / name)
+        for name, change in (edit or {}).items():
+            change(target / name)
+        return target
+
+    return copy
