@@ -119,8 +119,11 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         process.stop()
 
 
+CopyModels = Callable[..., Path]
+
+
 @pytest.fixture
-def copy_models(tmp_path: Path, models_dir: Path) -> Callable[..., Path]:
+def copy_models(tmp_path: Path, models_dir: Path) -> CopyModels:
     """Copy the named model folders into a fresh models dir under tmp_path, to alter them."""
 
     def copy(*names: str, edit: Mapping[str, Callable[[Path], None]] | None = None) -> Path:

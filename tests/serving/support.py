@@ -273,7 +273,7 @@ class ServerProcess:
 
 # HTTP helpers ----------------------------------------------------------------------------------------
 
-_INTERNALS = re.compile(r"Traceback|File \"|\.py\b|/work/|site-packages|\bline \d+")
+_INTERNALS = re.compile(rf"Traceback|File \"|\.py\b|site-packages|line \d+, in |{re.escape(str(REPO_ROOT))}")
 
 
 def assert_json_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
