@@ -44,7 +44,7 @@ def random_affine(
 def random_resized_crop_flip(
     image: Image.Image, size: tuple[int, int], scale: tuple[float, float] = (0.25, 1.0)
 ) -> Image.Image:
-    """Crop a random area (aspect ratio 3/4 to 4/3) resized to `size` (width, height), flipped half the time."""
+    """A random area (aspect 3/4 to 4/3) resized to `size` (width, height), flipped half the time."""
     width, height = image.size
     area = width * height
     for _ in range(10):

@@ -51,7 +51,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--label-names",
         type=_label_names,
-        help="display names in label order (sorted label values), comma-separated or a file with one per line",
+        help="display names in label order (sorted label values): comma-separated, or a file of lines",
     )
     out.add_argument(
         "--max-batch-size", type=int, default=64, help="batch size suggested to the server (default: 64)"
@@ -80,7 +80,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--patience",
         type=int,
         default=3,
-        help="stop after this many epochs without a better validation accuracy; the best weights are kept (default: 3)",
+        help="stop after this many epochs without a better validation accuracy, keeping the best "
+        "weights (default: 3)",
     )
     fit.add_argument(
         "--val-fraction",
@@ -129,7 +130,7 @@ def _image_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "image",
         help="train an image classifier",
-        description="Train a CNN (small images) or a ResNet (photos), evaluate it on held-out data, export to ONNX.",
+        description="Train a CNN (small images) or a ResNet (photos), evaluate, export to ONNX.",
     )
     data = parser.add_argument_group("data (exactly one source)")
     source = data.add_mutually_exclusive_group(required=True)
@@ -162,7 +163,8 @@ def _image_parser(subparsers) -> None:
     model.add_argument(
         "--resize",
         type=int,
-        help="resize the shorter side to this, then center-crop (default: none for cnn, size*256/224 for resnet)",
+        help="resize the shorter side to this, then center-crop (default: none for cnn, size*256/224 "
+        "for resnet)",
     )
     model.add_argument(
         "--interpolation",
@@ -198,7 +200,7 @@ def _text_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "text",
         help="train a text classifier",
-        description="Train a TextCNN from scratch or fine-tune a pretrained transformer, evaluate, export to ONNX.",
+        description="Train a TextCNN from scratch or fine-tune a pretrained transformer; evaluate; export.",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -236,7 +238,7 @@ def _text_parser(subparsers) -> None:
         "--arch",
         choices=("textcnn", "transformer"),
         default="textcnn",
-        help="textcnn: from scratch with a WordPiece tokenizer (default); transformer: fine-tune --pretrained",
+        help="textcnn (default): from scratch, own WordPiece tokenizer; transformer: fine-tune --pretrained",
     )
     model.add_argument(
         "--max-length",
@@ -303,7 +305,7 @@ def _defaults_parser(subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train image and text classifiers, evaluate them and export them to the ONNX model repository.",
+        description="Train image and text classifiers, evaluate them, export them to the model repository.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _image_parser(subparsers)

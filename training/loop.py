@@ -1,4 +1,4 @@
-"""The training loop: AdamW with warmup and cosine decay, progress bars, early stopping on validation accuracy."""
+"""The training loop: AdamW, warmup + cosine decay, progress bars, early stopping on validation accuracy."""
 
 from __future__ import annotations
 
@@ -173,8 +173,10 @@ def fit(
             stale += 1
         epochs.set_postfix(val_acc=f"{val_accuracy:.4f}", best=best_epoch, refresh=False)
         tqdm.write(
-            f"epoch {epoch}/{settings.epochs}: train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f} | "
-            f"val loss {val_loss:.4f} acc {val_accuracy:.4f} | {record.seconds:.0f}s{' *' if improved else ''}",
+            f"epoch {epoch}/{settings.epochs}: "
+            f"train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_accuracy:.4f} | "
+            f"{record.seconds:.0f}s{' *' if improved else ''}",
             file=sys.stderr,
         )
         if stale >= settings.patience:

@@ -85,8 +85,9 @@ def _quantize(
     }
     if drop > options.max_quantization_drop:
         raise ExportError(
-            f"INT8 quantization costs {100 * drop:.2f} accuracy points ({100 * trained.metrics.accuracy:.2f}% -> "
-            f"{100 * metrics.accuracy:.2f}%), more than --max-quantization-drop {100 * options.max_quantization_drop:.2f}"
+            f"INT8 quantization costs {100 * drop:.2f} accuracy points "
+            f"({100 * trained.metrics.accuracy:.2f}% -> {100 * metrics.accuracy:.2f}%), "
+            f"more than --max-quantization-drop {options.max_quantization_drop}"
         )
     return metrics, info
 

@@ -255,7 +255,8 @@ def run_text(options: TextOptions) -> Path:
     )
     print(
         f"{options.train_file.name}: {len(rows['train'])} train / {len(rows['validation'])} validation / "
-        f"{len(rows['test'])} test texts, {len(labels)} labels, vocabulary {tokenizer.get_vocab_size()}, on {device}",
+        f"{len(rows['test'])} test texts, {len(labels)} labels, "
+        f"vocabulary {tokenizer.get_vocab_size()}, on {device}",
         file=sys.stderr,
     )
 

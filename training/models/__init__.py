@@ -1,1 +1,1 @@
-"""Classifier architectures. Each `forward` takes the ONNX input names as keyword arguments and returns logits."""
+"""Classifier architectures: each `forward` takes the ONNX input names as keywords and returns logits."""
