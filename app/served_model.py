@@ -264,14 +264,14 @@ class ServedModel:
     def _collate(self, rows: list[Row]) -> dict[str, np.ndarray]:
         """Stack rows into batch tensors, padding sequences to the longest row in this batch."""
         feeds = {}
+        left = self.config.preprocessing.type == "text" and self.config.preprocessing.padding_side == "left"
         for name in self._input_specs:
             arrays = [row[name] for row in rows]
-            longest = max(array.shape[-1] for array in arrays) if arrays[0].ndim else 0
             if all(array.shape == arrays[0].shape for array in arrays):
                 feeds[name] = np.stack(arrays)
                 continue
+            longest = max(array.shape[-1] for array in arrays)
             batch = np.full((len(arrays), longest), self._pad_values[name], dtype=arrays[0].dtype)
-            left = self.config.preprocessing.type == "text" and self.config.preprocessing.padding_side == "left"
             for position, array in enumerate(arrays):
                 if left:
                     batch[position, longest - array.shape[-1]:] = array
