@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
@@ -73,15 +73,17 @@ class ModelUnderTest:
 
     # Image models
 
-    def image_tensor(self, encoded: bytes) -> np.ndarray:
-        """One encoded image as the model's CHW float32 array, preprocessed exactly as documented."""
+    def image_tensor(self, encoded: bytes, exif_orientation: bool = True) -> np.ndarray:
+        """One encoded image as the model's CHW float32 array, preprocessed as documented: EXIF orientation
+        applied, then `image_to_array`."""
         with Image.open(io.BytesIO(encoded)) as image:
-            return image_to_array(image, self.config.preprocessing)
+            upright = ImageOps.exif_transpose(image) if exif_orientation else image
+            return image_to_array(upright, self.config.preprocessing)
 
-    def image_probabilities(self, encoded: bytes) -> np.ndarray:
+    def image_probabilities(self, encoded: bytes, exif_orientation: bool = True) -> np.ndarray:
         """Expected label probabilities of one image, run alone."""
         name = self.config.inputs[0].name
-        return self.probabilities({name: self.image_tensor(encoded)[None]})[0]
+        return self.probabilities({name: self.image_tensor(encoded, exif_orientation)[None]})[0]
 
     # Text models
 
@@ -310,8 +312,8 @@ def send_concurrently(base_url: str, calls: Sequence[Call], concurrency: int) ->
     return asyncio.run(main())
 
 
-def raw_http(port: int, head: bytes, body_parts: Sequence[bytes] = ()) -> tuple[int, bytes]:
-    """Send a hand-written HTTP/1.1 request; return the status and the response body.
+def raw_http(port: int, head: bytes, body_parts: Sequence[bytes] = ()) -> httpx.Response:
+    """Send a hand-written HTTP/1.1 request (it should say `Connection: close`) and read the answer.
 
     For bodies the server refuses before reading them all: a write the server no longer reads is ignored.
     """
@@ -331,14 +333,11 @@ def raw_http(port: int, head: bytes, body_parts: Sequence[bytes] = ()) -> tuple[
             if not chunk:
                 break
             received += chunk
-            header_end = received.find(b"\r\n\r\n")
-            if header_end >= 0:
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", received[:header_end])
-                if length and len(received) >= header_end + 4 + int(length.group(1)):
-                    break
-    status_line, _, rest = received.partition(b"\r\n")
-    assert status_line.startswith(b"HTTP/1.1 "), received[:200]
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    head_part, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_part.decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1.1 "), received[:200]
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines]
+    return httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
 
 
 # Prometheus ------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from .support import (
 )
 
 # (description, status, code, request as httpx.Client.request keyword arguments)
+DEFAULT_MAX_TEXT_CHARS = 20_000
+
 Case = tuple[str, int, str | None, Callable[[ModelUnderTest, ModelUnderTest], dict[str, Any]]]
 
 
@@ -49,8 +51,6 @@ CASES: list[Case] = [
      lambda image, text: {"json": {"text": "a fine film"}, "params": {"model": "no-such-model"}}),
     ("unknown route", 404, "not_found", lambda image, text: {"method": "GET", "url": "/no/such/route"}),
     ("wrong method", 405, "method_not_allowed", lambda image, text: {"method": "GET", "url": "/predict"}),
-    ("body over the limit", 413, "payload_too_large",
-     lambda image, text: {"content": b"\0" * (MAX_BODY_BYTES + 1), "headers": {"Content-Type": "image/png"}}),
     ("image over the pixel limit", 413, "payload_too_large",
      lambda image, text: {"content": _big_png(), "headers": {"Content-Type": "image/png"}}),
     ("image over the pixel limit (base64)", 413, "payload_too_large",
@@ -73,6 +73,8 @@ CASES: list[Case] = [
     ("too many texts", 422, "invalid_request", lambda image, text: {"json": {"text": ["fine"] * (MAX_ITEMS + 1)}}),
     ("too many images", 422, "invalid_request",
      lambda image, text: {"json": {"image": [b64(b"x")] * (MAX_ITEMS + 1)}}),
+    ("text over the length limit", 422, "invalid_request",
+     lambda image, text: {"json": {"text": "a" * (DEFAULT_MAX_TEXT_CHARS + 1)}}),
     ("top_k zero (query)", 422, "invalid_request",
      lambda image, text: {"json": {"text": "fine"}, "params": {"top_k": 0}}),
     ("top_k not a number (query)", 422, "invalid_request",
@@ -94,23 +96,34 @@ def test_error_is_json_and_service_goes_on(http: httpx.Client, image_model: Mode
     assert http.get("/health/ready").status_code == 200
 
 
+def test_too_many_files_in_multipart_is_422(http: httpx.Client) -> None:
+    """Too many images is the same malformed request (422) whether they come as JSON or as files."""
+    as_json = http.post("/predict", json={"image": [b64(b"x")] * (MAX_ITEMS + 1)})
+    assert_json_error(as_json, 422, "invalid_request")
+    files = [("file", (f"{i}.png", b"x", "image/png")) for i in range(MAX_ITEMS + 1)]
+    assert_json_error(http.post("/predict", files=files), 422, "invalid_request")
+
+
 def test_body_over_limit_without_content_length(server: ServerProcess) -> None:
     """A chunked body (no Content-Length) is cut off at the limit too."""
     head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     chunk = b"\0" * 65536
     parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (MAX_BODY_BYTES // len(chunk) + 2) + [b"0\r\n\r\n"]
-    status, body = raw_http(server.port, head, parts)
-    assert status == 413, body
-    response = httpx.Response(status, content=body, headers={"content-type": "application/json"})
-    assert_json_error(response, 413, "payload_too_large")
+    assert_json_error(raw_http(server.port, head, parts), 413, "payload_too_large")
 
 
 def test_declared_body_over_limit_is_refused_before_reading(server: ServerProcess) -> None:
     head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (MAX_BODY_BYTES * 4))
-    status, body = raw_http(server.port, head, [b"\0" * 1024])
-    assert status == 413, body
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    assert_json_error(raw_http(server.port, head, [b"\0" * 1024]), 413, "payload_too_large")
+
+
+def test_body_at_the_limit_is_read(server: ServerProcess) -> None:
+    """Exactly MAX_BODY_BYTES is allowed: the refusal is for not-an-image (400), not for size."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % MAX_BODY_BYTES)
+    assert_json_error(raw_http(server.port, head, [b"\0" * MAX_BODY_BYTES]), 400, "invalid_input")
 
 
 def test_service_still_answers_after_errors(http: httpx.Client, image_model: ModelUnderTest,

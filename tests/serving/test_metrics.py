@@ -5,7 +5,17 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .support import ModelUnderTest, assert_json_error, b64, has_series, scrape, value
+from .conftest import MAX_BODY_BYTES
+from .support import (
+    ModelUnderTest,
+    ServerProcess,
+    assert_json_error,
+    b64,
+    has_series,
+    raw_http,
+    scrape,
+    value,
+)
 
 HISTOGRAMS = (
     "modelserver_queue_wait_seconds",
@@ -45,10 +55,12 @@ def test_series_exist_for_each_model(http: httpx.Client, request: pytest.Fixture
     body = {"image": b64(digits[0])} if model.config.task == "image" else {"text": "a fine, funny film"}
     assert http.post("/predict", json=body).status_code == 200
     samples = scrape(http)
-    for name in ("modelserver_request_duration_seconds", *HISTOGRAMS):
+    assert has_series(samples, "modelserver_request_duration_seconds_bucket", route="/predict", model=model.name,
+                      le="+Inf")
+    assert value(samples, "modelserver_request_duration_seconds_count", route="/predict", model=model.name) > 0
+    for name in HISTOGRAMS:
         assert has_series(samples, f"{name}_bucket", model=model.name, le="+Inf"), name
-        assert value(samples, f"{name}_count", **({"route": "/predict"} if "request" in name else {}),
-                     model=model.name) > 0, name
+        assert value(samples, f"{name}_count", model=model.name) > 0, name
     info = value(samples, "modelserver_model_info", model=model.name, version=str(model.config.version),
                  task=model.config.task, provider="CPUExecutionProvider")
     assert info == 1
@@ -75,3 +87,18 @@ def test_errors_are_counted_by_kind(http: httpx.Client, image_model: ModelUnderT
     assert grew("modelserver_errors_total", model="", kind="model_not_found") == 1
     assert grew("modelserver_errors_total", model="", kind="unsupported_media_type") == 1
     assert grew("modelserver_requests_total", route="/predict", model="", status="415") == 1
+
+
+def test_oversized_body_is_counted_for_its_route(server: ServerProcess, http: httpx.Client) -> None:
+    """A 413 for an over-long declared body is a /predict request, and is counted as one."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (MAX_BODY_BYTES + 1))
+    before = scrape(http)
+    assert_json_error(raw_http(server.port, head), 413, "payload_too_large")
+    after = scrape(http)
+    assert value(after, "modelserver_errors_total", model="", kind="payload_too_large") - value(
+        before, "modelserver_errors_total", model="", kind="payload_too_large") == 1
+    counted = {dict(labels)["route"]: count - before.get((name, labels), 0.0)
+               for (name, labels), count in after.items()
+               if name == "modelserver_requests_total" and dict(labels)["status"] == "413"}
+    assert {route: count for route, count in counted.items() if count} == {"/predict": 1}

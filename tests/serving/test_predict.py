@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from .support import ModelUnderTest, assert_prediction, b64
 
@@ -99,3 +103,26 @@ def test_top_k_is_capped_by_the_labels(http: httpx.Client, image_model: ModelUnd
     response = http.post("/predict", json={"image": b64(digits[60]), "top_k": top_k})
     assert response.status_code == 200, response.text
     assert_prediction(response.json(), image_model.image_probabilities(digits[60]), image_model.labels, top_k)
+
+
+def _rotated_color_jpeg(png: bytes) -> bytes:
+    """A digit as a larger RGB JPEG stored on its side, with the EXIF orientation that puts it upright."""
+    with Image.open(io.BytesIO(png)) as digit:
+        big = digit.convert("RGB").resize((112, 112), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    big.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_image_resized_converted_and_exif_oriented(http: httpx.Client, image_model: ModelUnderTest,
+                                                   digits: list[bytes]) -> None:
+    """A large colour JPEG on its side gets the answer for the upright, converted, resized image."""
+    for digit in digits[70:74]:
+        photo = _rotated_color_jpeg(digit)
+        expected = image_model.image_probabilities(photo)
+        assert not np.allclose(expected, image_model.image_probabilities(photo, exif_orientation=False), atol=1e-4)
+        response = http.post("/predict", files={"file": ("photo.jpg", photo, "image/jpeg")}, params={"top_k": 10})
+        assert response.status_code == 200, response.text
+        assert_prediction(response.json(), expected, image_model.labels, 10)

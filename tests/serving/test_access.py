@@ -1,0 +1,128 @@
+"""The API key, /models, and the OpenAPI documents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .support import ModelUnderTest, ServerProcess, assert_json_error, assert_prediction, b64
+
+API_KEY = "test-key-5f1c2a"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
+                 image_model: ModelUnderTest) -> Iterator[ServerProcess]:
+    process = ServerProcess(models_dir, tmp_path_factory.mktemp("keyed"),
+                            {"SERVE_MODELS": image_model.name, "SERVE_API_KEY": API_KEY})
+    process.start().wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {API_KEY}"},
+                                     {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}],
+                         ids=["none", "wrong-x-api-key", "basic-scheme", "wrong-bearer", "empty-bearer"])
+def test_predict_without_the_key_is_401(keyed_server: ServerProcess, digits: list[bytes],
+                                        headers: dict[str, str]) -> None:
+    with keyed_server.client(headers=headers) as client:
+        assert_json_error(client.post("/predict", json={"image": b64(digits[0])}), 401, "unauthorized")
+        assert_json_error(client.get("/models"), 401, "unauthorized")
+        assert_json_error(client.get("/v2/models/anything"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"},
+                                     {"Authorization": f"bearer {API_KEY}"}],
+                         ids=["x-api-key", "bearer", "bearer-lowercase"])
+def test_predict_with_the_key(keyed_server: ServerProcess, image_model: ModelUnderTest, digits: list[bytes],
+                              headers: dict[str, str]) -> None:
+    with keyed_server.client(headers=headers) as client:
+        response = client.post("/predict", files={"file": ("d.png", digits[5], "image/png")})
+        assert response.status_code == 200, response.text
+        assert_prediction(response.json(), image_model.image_probabilities(digits[5]), image_model.labels, 5)
+        assert client.get("/models").status_code == 200
+        assert client.get(f"/v2/models/{image_model.name}").status_code == 200
+
+
+def test_probes_and_metrics_need_no_key(keyed_server: ServerProcess) -> None:
+    with keyed_server.client() as client:
+        for path in ("/health/live", "/health/ready", "/health", "/metrics", "/v2/health/live", "/v2/health/ready"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_no_key_needed_without_api_key(http: httpx.Client) -> None:
+    assert http.get("/models").status_code == 200
+
+
+def test_models_lists_both_models(http: httpx.Client, image_model: ModelUnderTest,
+                                  text_model: ModelUnderTest) -> None:
+    response = http.get("/models")
+    assert response.status_code == 200, response.text
+    listed = {item["name"]: item for item in response.json()["models"]}
+    assert set(listed) == {image_model.name, text_model.name}
+    for model in (image_model, text_model):
+        item = listed[model.name]
+        assert item["labels"] == model.labels
+        assert item["version"] == model.config.version and item["task"] == model.config.task
+        assert item["state"] == "ready" and item["provider"] == "CPUExecutionProvider"
+        assert [spec["name"] for spec in item["inputs"]] == [spec.name for spec in model.config.inputs]
+        assert item["preprocessing"] == model.config.preprocessing.model_dump()
+        assert 1 <= item["max_batch_size"] <= model.config.max_batch_size
+        expected_metrics = model.config.metrics.model_dump() if model.config.metrics else None
+        assert item["metrics"] == expected_metrics
+
+
+def test_docs_and_openapi(http: httpx.Client) -> None:
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = http.get("/openapi.json")
+    assert spec.status_code == 200
+    document = spec.json()
+    predict = document["paths"]["/predict"]["post"]
+    content = predict["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+    assert "file" in content["multipart/form-data"]["schema"]["properties"]
+    for path in ("/health", "/health/live", "/health/ready", "/models", "/metrics", "/v2/models/{name}/infer"):
+        assert path in document["paths"], path
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, child in node.items():
+            if key == "$ref" and isinstance(child, str):
+                yield child
+            else:
+                yield from _refs(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _refs(child)
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def test_openapi_references_resolve(http: httpx.Client) -> None:
+    """Every $ref of the OpenAPI document points at a schema in it (Swagger UI cannot render one that does
+    not), and the JSON body of /predict documents its `text` and `image` fields."""
+    document = http.get("/openapi.json").json()
+    unresolved = []
+    for ref in sorted(set(_refs(document))):
+        try:
+            _resolve(document, ref)
+        except (KeyError, TypeError):
+            unresolved.append(ref)
+    assert not unresolved, f"dangling $ref in /openapi.json: {unresolved}"
+    schema = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = _resolve(document, schema["$ref"])
+    assert {"text", "image", "model", "top_k"} <= set(schema["properties"])
+
