@@ -273,6 +273,49 @@ class ServerProcess:
             return self.process.wait()
 
 
+# Health -----------------------------------------------------------------------------------------------
+
+
+def model_states(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    """/health's per-model status, by model name."""
+    response = client.get("/health")
+    assert response.status_code == 200, response.text
+    return {item["name"]: item for item in response.json()["models"]}
+
+
+def state_of(client: httpx.Client, name: str) -> str | None:
+    return model_states(client).get(name, {}).get("state")
+
+
+def wait_for_states(server: ServerProcess, wanted: dict[str, str], timeout: float = 90.0) -> None:
+    server.wait_for(lambda client: all(state_of(client, name) == state for name, state in wanted.items()),
+                    timeout, what=f"model states {wanted}")
+
+
+def warm_up_runs_for(model: ModelUnderTest, seconds: float) -> int:
+    """SERVE_WARMUP_RUNS that keep the image `model` warming up for roughly `seconds`.
+
+    A warm-up run is one batch of 1 and one of max_batch_size zero images; this times the same work
+    (stack the rows, run, softmax, rank, build the answers) here and scales it.
+    """
+    spec = model.config.inputs[0]
+    row = np.zeros([int(dim) for dim in spec.shape[1:]], dtype=np.float32)
+    sizes = sorted({1, model.config.max_batch_size})
+
+    def one_run() -> None:
+        for rows in sizes:
+            scores = model.probabilities({spec.name: np.stack([row] * rows)})
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :1]
+            [[{"label": model.labels[i], "score": s[i]} for i in o] for s, o in zip(scores.tolist(), order.tolist())]
+
+    one_run()
+    started = time.perf_counter()
+    for _ in range(30):
+        one_run()
+    per_run = (time.perf_counter() - started) / 30
+    return int(min(max(seconds / per_run, 100), 100_000_000))
+
+
 # HTTP helpers ----------------------------------------------------------------------------------------
 
 _INTERNALS = re.compile(rf"Traceback|File \"|\.py\b|site-packages|line \d+, in |{re.escape(str(REPO_ROOT))}")

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from .conftest import CopyModels, StartServer
-from .test_health import state_of, warm_up_runs_for
-from .support import ModelUnderTest, assert_prediction, scrape, value
+from .support import ModelUnderTest, assert_prediction, scrape, state_of, value, warm_up_runs_for
 
 IN_FLIGHT = 50
 # The batcher holds a request this long for batch-mates, so all of them are queued when SIGTERM arrives.
