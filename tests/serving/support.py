@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ class ModelUnderTest:
 
     # Text models
 
+    @cached_property
     def tokenizer(self) -> Tokenizer:
         spec = self.config.preprocessing
         tokenizer = Tokenizer.from_file(str(self.directory / spec.tokenizer_file))
@@ -97,7 +99,7 @@ class ModelUnderTest:
     def text_feeds(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenized texts padded to the longest one, with the attention mask (as a v2 client would send)."""
         spec = self.config.preprocessing
-        tokenizer = self.tokenizer()
+        tokenizer = self.tokenizer
         encodings = [tokenizer.encode(text.lower() if spec.lowercase else text) for text in texts]
         longest = max(len(encoding.ids) for encoding in encodings)
         ids = np.full((len(texts), longest), spec.pad_token_id, dtype=np.int64)
@@ -115,6 +117,14 @@ class ModelUnderTest:
     def text_probabilities(self, text: str) -> np.ndarray:
         """Expected label probabilities of one text, run alone (no padding)."""
         return self.probabilities(self.text_feeds([text]))[0]
+
+
+def edit_config(version_folder: Path, **changes: Any) -> None:
+    """Change fields of a (copied) model version's config.json."""
+    path = version_folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config, indent=2))
 
 
 def assert_prediction(prediction: Mapping[str, Any], expected: np.ndarray, labels: Sequence[str], top_k: int) -> None:

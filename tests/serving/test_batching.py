@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
+from .conftest import CopyModels, StartServer
 from .support import (
     Call,
     ModelUnderTest,
@@ -12,6 +15,7 @@ from .support import (
     assert_prediction,
     b64,
     batches_larger_than_one,
+    edit_config,
     scrape,
     send_concurrently,
     value,
@@ -85,3 +89,34 @@ def test_one_bad_image_fails_only_its_own_request(http: httpx.Client, image_mode
     response = http.post("/predict", files={"file": ("a.png", digits[200], "image/png")})
     assert response.status_code == 200, response.text
     assert_prediction(response.json(), image_model.image_probabilities(digits[200]), image_model.labels, 5)
+
+
+def test_full_queue_is_503_with_retry_after(start_server: StartServer, copy_models: CopyModels,
+                                            image_model: ModelUnderTest, digits: list[bytes]) -> None:
+    """With the batcher holding its queue (a long batch wait), requests beyond SERVE_MAX_QUEUE_SIZE are
+    refused at once with 503 and Retry-After; the queued ones are answered right."""
+    queue_size, sent = 4, 12
+
+    def roomy_batches(model_root: Path) -> None:
+        edit_config(model_root / image_model.directory.name, max_batch_size=64)
+
+    models = copy_models(image_model.name, edit={image_model.name: roomy_batches})
+    server = start_server(models, SERVE_MAX_QUEUE_SIZE=str(queue_size), SERVE_MAX_BATCH_WAIT_MS="3000")
+    server.wait_ready()
+    images = digits[:sent]
+
+    responses = send_concurrently(server.url, [_image_call(digit, index) for index, digit in enumerate(images)],
+                                  concurrency=sent)
+
+    answered = [(response, image) for response, image in zip(responses, images, strict=True)
+                if response.status_code == 200]
+    refused = [response for response in responses if response.status_code != 200]
+    assert len(answered) == queue_size, [response.status_code for response in responses]
+    for response, image in answered:
+        assert_prediction(response.json(), image_model.image_probabilities(image), image_model.labels, TOP_K)
+    for response in refused:
+        assert_json_error(response, 503, "queue_full")
+        assert response.headers.get("retry-after", "").isdigit(), response.headers
+    with server.client() as client:
+        errors = value(scrape(client), "modelserver_errors_total", model=image_model.name, kind="queue_full")
+    assert errors == sent - queue_size

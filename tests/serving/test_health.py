@@ -4,7 +4,6 @@ broken, yet the models that did load still serve."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .support import (
     assert_json_error,
     assert_prediction,
     b64,
+    edit_config,
     model_states,
     wait_for_states,
     warm_up_runs_for,
@@ -82,10 +82,7 @@ def test_missing_configured_model_keeps_service_unready(start_server: StartServe
 def test_sha256_mismatch_fails_that_model(start_server: StartServer, copy_models: CopyModels, image_model: ModelUnderTest,
                                           text_model: ModelUnderTest, reviews: list[str]) -> None:
     def wrong_checksum(model_root: Path) -> None:
-        config_path = model_root / image_model.directory.name / "config.json"
-        config = json.loads(config_path.read_text())
-        config["sha256"] = hashlib.sha256(b"some other model").hexdigest()
-        config_path.write_text(json.dumps(config))
+        edit_config(model_root / image_model.directory.name, sha256=hashlib.sha256(b"some other model").hexdigest())
 
     models = copy_models(image_model.name, text_model.name, edit={image_model.name: wrong_checksum})
     server = start_server(models)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import MAX_ITEMS
 from .support import ModelUnderTest, assert_prediction, b64
 
 DEFAULT_TOP_K = 5
@@ -126,3 +127,15 @@ def test_image_resized_converted_and_exif_oriented(http: httpx.Client, image_mod
         response = http.post("/predict", files={"file": ("photo.jpg", photo, "image/jpeg")}, params={"top_k": 10})
         assert response.status_code == 200, response.text
         assert_prediction(response.json(), expected, image_model.labels, 10)
+
+
+def test_many_texts_in_one_request(http: httpx.Client, text_model: ModelUnderTest, reviews: list[str]) -> None:
+    """As many distinct texts as one request may hold (several batches when max_batch_size is smaller)
+    keep their order."""
+    texts = [f"{first} {second}" for first in reviews for second in reviews if first != second][-MAX_ITEMS:]
+    response = http.post("/predict", json={"text": texts, "top_k": 1})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(texts)
+    for prediction, text in zip(predictions, texts, strict=True):
+        assert_prediction(prediction, text_model.text_probabilities(text), text_model.labels, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from .conftest import CopyModels, StartServer
-from .support import ModelUnderTest, assert_prediction, scrape, state_of, value, warm_up_runs_for
+from .support import ModelUnderTest, assert_prediction, edit_config, scrape, state_of, value, warm_up_runs_for
 
 IN_FLIGHT = 50
 # The batcher holds a request this long for batch-mates, so all of them are queued when SIGTERM arrives.
@@ -22,10 +21,7 @@ def test_sigterm_drains_requests_in_flight(start_server: StartServer, copy_model
                                            image_model: ModelUnderTest, digits: list[bytes]) -> None:
     def roomy_batches(model_root: Path) -> None:
         # Room for every request in one batch, so the batcher waits for more instead of running at once.
-        config_path = model_root / image_model.directory.name / "config.json"
-        config = json.loads(config_path.read_text())
-        config["max_batch_size"] = IN_FLIGHT + 14
-        config_path.write_text(json.dumps(config))
+        edit_config(model_root / image_model.directory.name, max_batch_size=IN_FLIGHT + 14)
 
     models = copy_models(image_model.name, edit={image_model.name: roomy_batches})
     server = start_server(models, SERVE_MAX_BATCH_WAIT_MS=str(HOLD_MS), SERVE_GRACEFUL_SHUTDOWN_S="60")

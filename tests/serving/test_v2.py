@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from .support import SCORE_TOLERANCE, ModelUnderTest, ServerProcess
+from .support import SCORE_TOLERANCE, ModelUnderTest, ServerProcess, assert_json_error
 
 DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
 
@@ -126,3 +126,25 @@ def test_wrong_shape_and_unknown_model(client: triton.InferenceServerClient, ima
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata(image_model.name, model_version="999")
     assert caught.value.status() == "404"
+
+
+def test_batch_larger_than_max_batch_size(client: triton.InferenceServerClient, image_model: ModelUnderTest,
+                                          digits: list[bytes]) -> None:
+    """A request with more rows than the model's max_batch_size is split, and answered whole and in order."""
+    rows = image_model.config.max_batch_size * 2 + 3
+    pixels = np.stack([image_model.image_tensor(digit) for digit in digits[:rows]])
+    input_name = image_model.config.inputs[0].name
+    result = client.infer(image_model.name, [_input(input_name, pixels, True)])
+    np.testing.assert_allclose(result.as_numpy(image_model.config.outputs[0].name),
+                               image_model.run({input_name: pixels}), rtol=SCORE_TOLERANCE, atol=SCORE_TOLERANCE)
+
+
+def test_null_in_json_data_is_400(server: ServerProcess, image_model: ModelUnderTest) -> None:
+    """`null` is not an FP32 value: it is refused, not turned into NaN and answered with non-JSON `NaN`."""
+    spec = image_model.config.inputs[0]
+    shape = [1, *spec.shape[1:]]
+    count = int(np.prod(shape[1:]))
+    body = {"inputs": [{"name": spec.name, "shape": shape, "datatype": "FP32", "data": [None] * count}]}
+    with server.client() as http:
+        response = http.post(f"/v2/models/{image_model.name}/infer", json=body)
+    assert_json_error(response, 400, "invalid_input")
