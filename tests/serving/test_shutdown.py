@@ -76,6 +76,6 @@ def test_sigterm_during_warm_up_does_not_wait_for_it(start_server: StartServer, 
     server.terminate()
     assert server.process is not None
     try:
-        server.process.wait(60)
+        server.process.wait(30)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"still running 60 s after SIGTERM, waiting for a {runs}-run warm-up\n{server.log()}")
+        pytest.fail(f"still running 30 s after SIGTERM, waiting for a {runs}-run warm-up\n{server.log()}")
