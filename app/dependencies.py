@@ -11,15 +11,15 @@ from app.registry import ModelRegistry
 from app.settings import Settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """When `SERVE_API_KEY` is set, require it as `X-API-Key: <key>` or `Authorization: Bearer <key>`."""
     expected = request.app.state.settings.api_key
     if expected is None:
