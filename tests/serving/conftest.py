@@ -101,6 +101,22 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(autouse=True)
+def _shared_server_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Say so plainly when the shared server has died, instead of failing every later test obscurely."""
+    uses_shared = {"server", "http"} & set(request.fixturenames)
+    process: ServerProcess | None = request.getfixturevalue("server") if uses_shared else None
+
+    def check(when: str) -> None:
+        if process is not None and process.process is not None and process.process.poll() is not None:
+            pytest.fail(f"the shared server exited (status {process.process.returncode}) {when}\n"
+                        f"--- server log ---\n{process.log()}")
+
+    check("before this test")
+    yield
+    check("during this test")
+
+
 StartServer = Callable[..., ServerProcess]
 
 
