@@ -55,7 +55,7 @@ def _sst2_textcnn(data: Path, models_dir: Path, seed: int, device: str) -> TextO
         arch="textcnn",
         max_length=64,
         vocab_size=8000,
-        epochs=6,
+        epochs=5,
         batch_size=64,
         learning_rate=2e-3,
         val_fraction=0.05,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from model_repository import TensorSpec, TextPreprocessing
 from model_repository.schema import TEXT_ATTENTION_MASK, TEXT_INPUT_IDS
@@ -50,6 +52,34 @@ class TokenRows(Dataset):
 
     def __getitem__(self, index: int) -> tuple[list[int], int]:
         return self.rows[index], int(self.labels[index])
+
+
+class LengthBuckets(Sampler[list[int]]):
+    """Shuffled batches of texts of similar length: each pool of `pool` batches is sorted by length
+    before it is cut into batches, so little compute is spent on padding."""
+
+    def __init__(
+        self, lengths: list[int], batch_size: int, generator: torch.Generator, pool: int = 50
+    ) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.generator = generator
+        self.pool = pool
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
+
+    def __len__(self) -> int:
+        size = self.batch_size * self.pool
+        full, rest = divmod(len(self.lengths), size)
+        return full * self.pool + math.ceil(rest / self.batch_size)
 
 
 class PadBatch:
@@ -196,7 +226,7 @@ def export_example(rows: list[list[int]], spec: TextPreprocessing) -> dict[str, 
     return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
-def padding_check(rows: list[list[int]], spec: TextPreprocessing):
+def padding_check(rows: list[list[int]], spec: TextPreprocessing) -> Callable[[ort.InferenceSession], str]:
     """A check that the ONNX logits of a short text alone equal its logits padded beside a longer text."""
     short = min((row for row in rows if len(row) >= 3), key=len, default=rows[0])
     long = max(rows, key=len)
@@ -236,23 +266,14 @@ def run_text(options: TextOptions) -> Path:
     workers = default_workers(device) if options.workers is None else options.workers
     collate = PadBatch(spec)
 
-    def loader(split: str, shuffle: bool = False) -> DataLoader:
-        data = TokenRows(rows[split], splits[split][1])
-        return DataLoader(
-            data,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=workers if shuffle else 0,
-            generator=torch.Generator().manual_seed(options.seed),
-            drop_last=shuffle and len(data) > batch_size,
-        )
+    def loader(split: str) -> DataLoader:
+        return DataLoader(TokenRows(rows[split], splits[split][1]), batch_size=batch_size, collate_fn=collate)
 
-    train_loader, val_loader, test_loader = (
-        loader("train", shuffle=True),
-        loader("validation"),
-        loader("test"),
-    )
+    generator = torch.Generator().manual_seed(options.seed)
+    buckets = LengthBuckets([len(row) for row in rows["train"]], batch_size, generator)
+    train_data = TokenRows(rows["train"], splits["train"][1])
+    train_loader = DataLoader(train_data, batch_sampler=buckets, collate_fn=collate, num_workers=workers)
+    val_loader, test_loader = loader("validation"), loader("test")
     print(
         f"{options.train_file.name}: {len(rows['train'])} train / {len(rows['validation'])} validation / "
         f"{len(rows['test'])} test texts, {len(labels)} labels, "

@@ -36,12 +36,12 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def sst2_slice(shared_data: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The first 1,500 SST-2 training phrases and the first 200 dev sentences, as TSV files."""
+    """The first 3,000 SST-2 training phrases and the first 200 dev sentences, as TSV files."""
     source = shared_data / "sst2"
     if not (source / "train.tsv").is_file():
         pytest.skip(f"SST-2 not found in {source}")
     paths = []
-    for name, rows in (("train.tsv", 1500), ("dev.tsv", 200)):
+    for name, rows in (("train.tsv", 3000), ("dev.tsv", 200)):
         lines = (source / name).read_text(encoding="utf-8").splitlines(keepends=True)[: rows + 1]
         paths.append(tmp_path / name)
         paths[-1].write_text("".join(lines), encoding="utf-8")

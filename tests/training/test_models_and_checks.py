@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from training_support import NEGATIVE, POSITIVE
 
 from model_repository import ImagePreprocessing, TextPreprocessing
@@ -87,6 +88,22 @@ def test_text_cnn_ignores_padding(side: str) -> None:
         a = model(**{k: torch.from_numpy(v) for k, v in alone.items()})[0]
         b = model(**{k: torch.from_numpy(v) for k, v in padded.items()})[0]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_text_cnn_computes_zero_padded_convolutions() -> None:
+    torch.manual_seed(0)
+    model = TextCNN(
+        vocab_size=50, num_labels=2, pad_token_id=0, embedding_dim=6, filters=4, kernel_sizes=(2, 5)
+    ).eval()
+    input_ids = torch.tensor([[2, 7, 8, 9, 3]])
+    tokens = model.embedding(input_ids).transpose(1, 2)
+    pooled = []
+    for conv in model.convs:
+        size = conv.kernel_size[0]
+        pooled.append(torch.relu(conv(F.pad(tokens, ((size - 1) // 2, size // 2))).amax(dim=2)))
+    expected = model.head(torch.cat(pooled, dim=1))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids, torch.ones_like(input_ids)), expected, atol=1e-6)
 
 
 class MeanPoolText(nn.Module):

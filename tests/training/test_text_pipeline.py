@@ -31,7 +31,9 @@ def serve(directory: Path, config: ModelConfig, texts: list[str]) -> np.ndarray:
     return session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def check_text_model(directory: Path) -> ModelConfig:
+def check_text_model(directory: Path, atol: float = 1e-4) -> ModelConfig:
+    """Inputs, saved tokenizer, and padding invariance as served (INT8 models get a looser `atol`: dynamic
+    quantization scales activations per batch)."""
     config = check_published(directory)
     assert [spec.model_dump() for spec in config.inputs] == [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
@@ -43,7 +45,7 @@ def check_text_model(directory: Path) -> ModelConfig:
     long = "the performances are wonderful and the script is sharp , " * 10
     alone = serve(directory, config, [short])[0]
     batched = serve(directory, config, [long, short, "dull"])
-    assert np.abs(alone - batched[1]).max() <= 1e-4
+    assert np.abs(alone - batched[1]).max() <= atol
     assert batched.shape == (3, len(config.labels))
     return config
 
@@ -93,20 +95,30 @@ def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path,
         str(dev),
         "--text-column",
         "sentence",
-        "--epochs",
-        "2",
         "--name",
         "sst2",
         "--models-dir",
         str(models),
         "--quantize",
-        *SMALL_TEXTCNN,
+        *[
+            "--epochs",
+            "3",
+            "--lr",
+            "5e-3",
+            "--embedding-dim",
+            "32",
+            "--filters",
+            "32",
+            "--vocab-size",
+            "2000",
+        ],
     ]
     assert main(args) == 0
-    config = check_text_model(models / "sst2" / "1")
-    assert config.metrics.split == "dev.tsv (200 texts)"
+    config = check_text_model(models / "sst2" / "1", atol=0.1)
+    assert config.metrics.split == "dev.tsv (200 texts), INT8 ONNX"
     assert config.training["quantization"]["method"].startswith("dynamic")
-    assert config.metrics.accuracy > 0.55
+    assert config.metrics.accuracy > 0.55  # majority class: 0.505
+    assert config.training["quantization"]["int8_accuracy"] == config.metrics.accuracy
 
 
 def test_transformer_fine_tune_with_tiny_bert(
@@ -146,7 +158,7 @@ def test_transformer_fine_tune_with_tiny_bert(
         "1",
     ]
     assert main(args) == 0
-    config = check_text_model(models / "tiny-bert" / "1")
+    config = check_text_model(models / "tiny-bert" / "1", atol=0.1)
     assert config.preprocessing.pad_token_id == 0 and not config.preprocessing.lowercase
     assert config.preprocessing.max_length == 48
     assert config.training["architecture"] == f"BertForSequenceClassification from {tiny_bert_dir}"

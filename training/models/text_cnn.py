@@ -15,6 +15,9 @@ class TextCNN(nn.Module):
     Padding-invariant: padded positions are zeroed before the convolutions (which zero-pad at the
     edges, so a window past the end of a text sees zeros either way) and excluded from the max-pool,
     so a text padded inside a longer batch gives the same logits as the text alone.
+
+    Each convolution is computed as a sum of shifted matrix products over (batch, tokens, features):
+    the same numbers as `nn.Conv1d` with zero padding, several times faster on CPU for short texts.
     """
 
     def __init__(
@@ -31,17 +34,25 @@ class TextCNN(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_token_id)
         self.embedding_dropout = nn.Dropout(dropout / 2)
         self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, filters, size) for size in kernel_sizes)
+        self.left = max((size - 1) // 2 for size in kernel_sizes)
+        self.right = max(size // 2 for size in kernel_sizes)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(filters * len(kernel_sizes), num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(1).bool()  # (batch, 1, sequence)
-        tokens = self.embedding_dropout(self.embedding(input_ids)).transpose(1, 2) * mask
+        mask = attention_mask.unsqueeze(2).bool()  # (batch, sequence, 1)
+        tokens = self.embedding_dropout(self.embedding(input_ids)) * mask
+        length = tokens.shape[1]
+        padded = F.pad(tokens, (0, 0, self.left, self.right))
         pooled = []
         for conv in self.convs:
             size = conv.kernel_size[0]
             # Output position i sees tokens i - (size - 1) // 2 ... i + size // 2: one output per token.
-            features = conv(F.pad(tokens, ((size - 1) // 2, size // 2)))
+            start = self.left - (size - 1) // 2
+            features = conv.bias
+            for offset in range(size):
+                window = padded[:, start + offset : start + offset + length]
+                features = features + F.linear(window, conv.weight[:, :, offset])
             features = features.masked_fill(~mask, torch.finfo(features.dtype).min)
-            pooled.append(F.relu(features.amax(dim=2)))
+            pooled.append(F.relu(features.amax(dim=1)))
         return self.head(self.dropout(torch.cat(pooled, dim=1)))

@@ -48,5 +48,6 @@ def load_transformer_classifier(directory: Path, labels: list[str]) -> Transform
         id2label=dict(enumerate(labels)),
         label2id={label: index for index, label in enumerate(labels)},
         local_files_only=True,
+        dtype=torch.float32,  # train and export in float32 whatever the checkpoint's dtype
     )
     return TransformerClassifier(model)
