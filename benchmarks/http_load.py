@@ -3,9 +3,9 @@
 
 For each target (a trivial FastAPI endpoint, image `/predict`, text `/predict`) and each concurrency it
 starts the server on a free 127.0.0.1 port, warms it up, runs `hey` for a fixed duration, and reads the
-service's /metrics for the batch sizes it reached. It then times `session.run` in this process on the same
-preprocessed input (batch 1 and the batch sizes the server reached) and reports served requests/s as a
-ratio of that in-process ceiling. Results go to benchmarks/results/ as JSON and Markdown.
+service's /metrics for the batch sizes it reached. After each model cell it times `session.run` in this
+process on the same preprocessed input at the batch size the server reached, and reports served
+requests/s as a ratio of that in-process ceiling. Results go to benchmarks/results/ as JSON and Markdown.
 
     .venv/bin/python benchmarks/http_load.py --quick          # ~2 s cells, a smoke test
     .venv/bin/python benchmarks/http_load.py                  # 10 s cells
@@ -97,6 +97,7 @@ class Ceiling:
     """In-process ONNX Runtime throughput of one model at one batch size."""
 
     model: str
+    concurrency: int  # of the cell it was measured after
     batch: int
     runs: int
     inferences_per_s: float
@@ -161,7 +162,7 @@ def model_inputs(models_dir: Path, name: str, payload: bytes | str) -> tuple[Pat
     return directory / config.onnx_file, feeds
 
 
-def measure_ceiling(model: str, onnx_path: Path, feeds: dict[str, np.ndarray], batch: int,
+def measure_ceiling(model: str, concurrency: int, onnx_path: Path, feeds: dict[str, np.ndarray], batch: int,
                     seconds: float, rounds: int = 5) -> Ceiling:
     """Call `session.run` (default session options) on one batch for `seconds` in all, after a warm-up.
 
@@ -181,7 +182,7 @@ def measure_ceiling(model: str, onnx_path: Path, feeds: dict[str, np.ndarray], b
         if runs / elapsed > best[0] / best[1]:
             best = (runs, elapsed)
     runs, elapsed = best
-    return Ceiling(model, batch, runs, runs * batch / elapsed, elapsed / runs * 1000)
+    return Ceiling(model, concurrency, batch, runs, runs * batch / elapsed, elapsed / runs * 1000)
 
 
 # Servers ---------------------------------------------------------------------------------------------
@@ -351,9 +352,11 @@ def markdown(cells: list[Cell], ceilings: list[Ceiling], info: dict[str, Any],
         lines.append(f"| {c.target} | {c.concurrency} | {c.requests_per_s:,.1f} | {fmt(c.p50_ms, 2)} | "
                      f"{fmt(c.p99_ms, 2)} | {c.errors} | {fmt(c.server.get('mean_batch_size'), 2)}"
                      f" | {ratio} |")
-    lines += ["", "In-process ONNX Runtime ceiling (`session.run`, default session options, same input):",
-              "", "| model | batch | inferences/s | ms per run |", "|---|---:|---:|---:|"]
-    lines += [f"| {c.model} | {c.batch} | {c.inferences_per_s:,.0f} | {c.ms_per_run:.3f} |" for c in ceilings]
+    lines += ["", "In-process ONNX Runtime ceiling (`session.run`, default session options, same input),",
+              "measured right after the cell it belongs to:", "",
+              "| model | cell | batch | inferences/s | ms per run |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {c.model} | c={c.concurrency} | {c.batch} | {c.inferences_per_s:,.0f} | {c.ms_per_run:.3f} |"
+              for c in ceilings]
     lines += ["", "Server side, from /metrics over each cell (means):", "",
               ("| target | concurrency | batch size | preprocess ms/batch | session.run ms/batch"
                " | queue wait ms/request |"),
@@ -370,8 +373,11 @@ def markdown(cells: list[Cell], ceilings: list[Ceiling], info: dict[str, Any],
 # Main ------------------------------------------------------------------------------------------------
 
 
-def run_loads(args: argparse.Namespace, targets: list[Target]) -> list[Cell]:
-    """Start each server once, and load each of its targets at every concurrency."""
+def run_loads(args: argparse.Namespace, targets: list[Target],
+              inputs: dict[str, tuple[Path, dict[str, np.ndarray]]]) -> tuple[list[Cell], list[Ceiling]]:
+    """Start each server once, load each of its targets at every concurrency, and after each model cell
+    (server idle) measure that model's in-process ceiling at the batch size the cell reached, so cell and
+    ceiling see the same background load."""
     server_env = {
         "SERVE_MODELS_DIR": str(args.models_dir),
         "SERVE_MODELS": ",".join(t.model for t in targets if t.model),
@@ -384,6 +390,7 @@ def run_loads(args: argparse.Namespace, targets: list[Target]) -> list[Cell]:
         "service": ([sys.executable, "-m", "app"], server_env, "/health/ready"),
     }
     cells: list[Cell] = []
+    ceilings: list[Ceiling] = []
     with tempfile.TemporaryDirectory(prefix="http_load-") as tmp:
         for server, (command, env, ready) in servers.items():
             group = [t for t in targets if t.server == server]
@@ -396,28 +403,23 @@ def run_loads(args: argparse.Namespace, targets: list[Target]) -> list[Cell]:
                     if target.body:
                         body_file = Path(tmp) / f"{target.name}.body"
                         body_file.write_bytes(target.body)
-                    cells += [load_cell(base, target, c, args, body_file) for c in args.concurrency]
-    return cells
+                    for concurrency in args.concurrency:
+                        cell = load_cell(base, target, concurrency, args, body_file)
+                        cells.append(cell)
+                        if target.model:
+                            ceilings.append(cell_ceiling(cell, target.model, *inputs[target.model], args))
+    return cells, ceilings
 
 
-def run_ceilings(args: argparse.Namespace, targets: list[Target], cells: list[Cell]) -> list[Ceiling]:
-    """In-process ceilings, at batch 1 and each batch size a cell reached; fills in each cell's ratio."""
-    ceilings: list[Ceiling] = []
-    for target in (t for t in targets if t.model):
-        payload = target.body if target.content_type.startswith("image/") else args.text
-        onnx_path, feeds = model_inputs(args.models_dir, target.model, payload)
-        model_cells = [c for c in cells if c.target == target.name]
-        batch_of = {id(c): max(1, round(c.server.get("mean_batch_size") or 1)) for c in model_cells}
-        for batch in sorted({1, *batch_of.values()}):
-            ceiling = measure_ceiling(target.model, onnx_path, feeds, batch, args.ceiling_seconds)
-            ceilings.append(ceiling)
-            print(f"  ceiling {target.model} batch {batch}: {ceiling.inferences_per_s:,.0f} inferences/s",
-                  flush=True)
-            for c in model_cells:
-                if batch_of[id(c)] == batch:
-                    c.ceiling_batch, c.ceiling_inferences_per_s = batch, ceiling.inferences_per_s
-                    c.ratio_to_ceiling = c.requests_per_s / ceiling.inferences_per_s
-    return ceilings
+def cell_ceiling(cell: Cell, model: str, onnx_path: Path, feeds: dict[str, np.ndarray],
+                 args: argparse.Namespace) -> Ceiling:
+    """The ceiling at the cell's mean batch size (rounded); fills in the cell's ratio to it."""
+    batch = max(1, round(cell.server.get("mean_batch_size") or 1))
+    ceiling = measure_ceiling(model, cell.concurrency, onnx_path, feeds, batch, args.ceiling_seconds)
+    cell.ceiling_batch, cell.ceiling_inferences_per_s = batch, ceiling.inferences_per_s
+    cell.ratio_to_ceiling = cell.requests_per_s / ceiling.inferences_per_s
+    print(f"    ceiling {model} batch {batch}: {ceiling.inferences_per_s:,.0f} inferences/s", flush=True)
+    return ceiling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.exit(f"no model {', '.join(missing)} in {args.models_dir}: pick others with --models-dir, "
                  "--image-model, --text-model, or leave a target out with --targets")
-    cells = run_loads(args, targets)
-    ceilings = run_ceilings(args, targets, cells)
+    inputs = {t.model: model_inputs(args.models_dir, t.model, t.body if t.name == "image" else args.text)
+              for t in targets if t.model}
+    cells, ceilings = run_loads(args, targets, inputs)
 
     info = machine_info(load_at_start)
     report = markdown(cells, ceilings, info, args)
