@@ -1,12 +1,11 @@
 """Fixtures of the serving end-to-end tests: the models under test, real server processes and real data.
 
-The models under test are named here and only here: the bundled default models in `models/`
-(SERVING_TEST_MODELS_DIR, SERVING_TEST_IMAGE_MODEL and SERVING_TEST_TEXT_MODEL point the suite elsewhere).
+The models under test are named here and only here: the bundled default models in `models/`. Tests that
+need to alter a model copy its folder into a temporary models dir first (`copy_models`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 
 from .support import REPO_ROOT, ModelUnderTest, ServerProcess, mnist_digits, png_bytes
 
-MODELS_DIR = Path(os.environ.get("SERVING_TEST_MODELS_DIR", REPO_ROOT / "models"))
-IMAGE_MODEL = os.environ.get("SERVING_TEST_IMAGE_MODEL", "mnist-cnn")
-TEXT_MODEL = os.environ.get("SERVING_TEST_TEXT_MODEL", "sst2-textcnn")
+MODELS_DIR = REPO_ROOT / "models"
+IMAGE_MODEL = "mnist-cnn"
+TEXT_MODEL = "sst2-textcnn"
 
 # Limits of the shared server, set low enough for the tests to cross them cheaply.
 MAX_BODY_BYTES = 1024 * 1024
