@@ -118,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each cell")
     add("--ceiling-seconds", type=float, default=3.0,
         help="seconds of in-process session.run per model and batch size")
+    add("--ceiling-threads", type=int, default=0,
+        help="intra-op threads of the ceiling's session; 0 keeps ONNX Runtime's default (as the service)")
     add("--quick", action="store_true",
         help="smoke test: 2 s cells, 0.5 s warm-up, 1 s ceilings (overrides the three above)")
     add("--image", type=Path, help="image file to send (default: MNIST digit --image-index)")
@@ -163,13 +165,15 @@ def model_inputs(models_dir: Path, name: str, payload: bytes | str) -> tuple[Pat
 
 
 def measure_ceiling(model: str, concurrency: int, onnx_path: Path, feeds: dict[str, np.ndarray], batch: int,
-                    seconds: float, rounds: int = 5) -> Ceiling:
-    """Call `session.run` (default session options) on one batch for `seconds` in all, after a warm-up.
+                    seconds: float, threads: int = 0, rounds: int = 5) -> Ceiling:
+    """Call `session.run` (default session options but `threads`) on one batch for `seconds` in all.
 
     The time is split into `rounds` and the fastest round is kept, as `timeit` does: other processes on a
     shared machine only ever slow a round down.
     """
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     batched = {key: np.ascontiguousarray(np.repeat(value, batch, axis=0)) for key, value in feeds.items()}
     for _ in range(10):
         session.run(None, batched)
@@ -352,11 +356,12 @@ def markdown(cells: list[Cell], ceilings: list[Ceiling], info: dict[str, Any],
         lines.append(f"| {c.target} | {c.concurrency} | {c.requests_per_s:,.1f} | {fmt(c.p50_ms, 2)} | "
                      f"{fmt(c.p99_ms, 2)} | {c.errors} | {fmt(c.server.get('mean_batch_size'), 2)}"
                      f" | {ratio} |")
-    lines += ["", "In-process ONNX Runtime ceiling (`session.run`, default session options, same input),",
+    threads = f"{args.ceiling_threads} intra-op threads" if args.ceiling_threads else "default options"
+    lines += ["", f"In-process ONNX Runtime ceiling (`session.run`, {threads}, same input),",
               "measured right after the cell it belongs to:", "",
               "| model | cell | batch | inferences/s | ms per run |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {c.model} | c={c.concurrency} | {c.batch} | {c.inferences_per_s:,.0f} | {c.ms_per_run:.3f} |"
-              for c in ceilings]
+    lines += [f"| {c.model} | c={c.concurrency} | {c.batch} | {c.inferences_per_s:,.0f} | {c.ms_per_run:.3f}"
+              " |" for c in ceilings]
     lines += ["", "Server side, from /metrics over each cell (means):", "",
               ("| target | concurrency | batch size | preprocess ms/batch | session.run ms/batch"
                " | queue wait ms/request |"),
@@ -415,7 +420,8 @@ def cell_ceiling(cell: Cell, model: str, onnx_path: Path, feeds: dict[str, np.nd
                  args: argparse.Namespace) -> Ceiling:
     """The ceiling at the cell's mean batch size (rounded); fills in the cell's ratio to it."""
     batch = max(1, round(cell.server.get("mean_batch_size") or 1))
-    ceiling = measure_ceiling(model, cell.concurrency, onnx_path, feeds, batch, args.ceiling_seconds)
+    ceiling = measure_ceiling(model, cell.concurrency, onnx_path, feeds, batch, args.ceiling_seconds,
+                              args.ceiling_threads)
     cell.ceiling_batch, cell.ceiling_inferences_per_s = batch, ceiling.inferences_per_s
     cell.ratio_to_ceiling = cell.requests_per_s / ceiling.inferences_per_s
     print(f"    ceiling {model} batch {batch}: {ceiling.inferences_per_s:,.0f} inferences/s", flush=True)
