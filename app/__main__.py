@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 
 import uvicorn
 
@@ -12,6 +14,8 @@ from app.settings import Settings
 
 def main() -> None:
     settings = Settings()
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; a drained shutdown is a clean exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, error_response
+from app.errors import PayloadTooLarge
 from app.metrics import Metrics
 
 
@@ -56,15 +56,15 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         message = f"the request body is over the {self.max_bytes}-byte limit (SERVE_MAX_BODY_BYTES)"
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                scope.setdefault("state", {})["error_code"] = PayloadTooLarge.code
-                await error_response(413, PayloadTooLarge.code, message)(scope, receive, send)
-                return
+        declared = next(
+            (int(value) for name, value in scope["headers"] if name == b"content-length" and value.isdigit()), 0
+        )
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
+            if declared > self.max_bytes:  # refused before reading, from inside the route, so metrics name it
+                raise PayloadTooLarge(message)
             incoming = await receive()
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))

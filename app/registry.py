@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -13,6 +15,22 @@ from app.settings import Settings
 from model_repository import ModelRepositoryError, discover_models, latest_version, load_config, version_dir
 
 logger = logging.getLogger(__name__)
+
+
+async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None:
+    """Run `function` on a daemon thread, so a shutdown during a long load or warm-up need not wait for it."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def target() -> None:
+        try:
+            function()
+        finally:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    await finished
 
 
 class ModelRegistry:
@@ -58,7 +76,7 @@ class ModelRegistry:
         """Load and warm every model, one after another, opening each to traffic as soon as it is ready."""
         for model in self.models.values():
             self._metrics.model_ready.labels(model.name).set(0)
-            await asyncio.to_thread(model.load)
+            await _run_in_daemon_thread(model.load, f"load-{model.name}")
             if model.error is None:
                 model.start()
                 self._metrics.model_info.labels(

@@ -17,7 +17,7 @@ from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
 from app.image_decoding import decode_image
 from app.metrics import Metrics
-from app.runtime import create_session, requested_providers
+from app.runtime import CUDA, create_session, requested_providers
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
@@ -128,8 +128,12 @@ class ServedModel:
             self._encoder = TextEncoder(self.config.preprocessing, self.directory, sorted(graph_inputs))
 
     def _warm_up(self) -> None:
-        """Run the sizes traffic will use, so the first request does not pay for lazy initialisation."""
-        for rows in sorted({1, self.max_batch_size}):
+        """Run the sizes traffic will use, so the first request does not pay for lazy initialisation.
+
+        On CUDA every batch size is run once, since each new input shape costs a cuDNN algorithm search.
+        """
+        sizes = range(1, self.max_batch_size + 1) if self.provider == CUDA else sorted({1, self.max_batch_size})
+        for rows in sizes:
             if self._encoder is not None:
                 request = WorkRequest("text", ["warm-up"] * rows, "predictions")
             else:
@@ -186,6 +190,10 @@ class ServedModel:
         for name in output_names:
             if name not in self._output_names:
                 raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
+        if self._encoder is not None:
+            vocabulary = self._encoder.tokenizer.get_vocab_size()
+            if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
+                raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
         return await self._submit(WorkRequest("tensor", rows, "tensors", output_names=output_names))
 
     async def _submit(self, request: WorkRequest) -> list[Any]:

@@ -98,6 +98,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
             except (ValueError, TypeError, OverflowError):
                 raise InvalidInput(f"input {item.name!r}: data does not hold {count} {item.datatype} values "
                                    f"for shape {item.shape}") from None
+            if dtype.kind == "f" and np.isnan(array).any():  # JSON null becomes NaN; JSON has no NaN
+                raise InvalidInput(f"input {item.name!r}: data holds null values")
         tensors[item.name] = array
     return request, tensors
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_schemas import BatchPredictResponse, PredictRequest, PredictResponse
 from app.dependencies import get_registry, get_settings, require_api_key
@@ -22,7 +23,7 @@ _OPENAPI_BODIES = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            "application/json": {"schema": PredictRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -75,13 +76,19 @@ async def _read_json(request: Request) -> _Inputs:
 
 
 async def _read_multipart(request: Request, settings: Settings) -> _Inputs:
-    async with request.form(max_files=settings.max_items_per_request, max_fields=16) as form:
+    try:
+        form = await request.form(max_files=settings.max_items_per_request, max_fields=16)
+    except StarletteHTTPException as exc:  # Starlette's 400 for too many files or fields, or a broken body
+        raise UnprocessableInput(f"invalid multipart body: {exc.detail}") from None
+    try:
         uploads = [item for key in ("file", "files") for item in form.getlist(key)]
         if not uploads or not all(isinstance(item, UploadFile) for item in uploads):
             raise UnprocessableInput("multipart body needs one or more image files in the `file` field")
         images = [await upload.read() for upload in uploads]
         model = form.get("model")
         top_k = form.get("top_k")
+    finally:
+        await form.close()
     if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
         raise UnprocessableInput("top_k must be a positive integer")
     return _Inputs("image", images, len(images) > 1, model if isinstance(model, str) else None,
