@@ -356,6 +356,8 @@ def markdown(cells: list[Cell], ceilings: list[Ceiling], info: dict[str, Any],
         lines.append(f"| {c.target} | {c.concurrency} | {c.requests_per_s:,.1f} | {fmt(c.p50_ms, 2)} | "
                      f"{fmt(c.p99_ms, 2)} | {c.errors} | {fmt(c.server.get('mean_batch_size'), 2)}"
                      f" | {ratio} |")
+    if not ceilings:  # no model was loaded
+        return "\n".join(lines) + "\n"
     threads = f"{args.ceiling_threads} intra-op threads" if args.ceiling_threads else "default options"
     lines += ["", f"In-process ONNX Runtime ceiling (`session.run`, {threads}, same input),",
               "measured right after the cell it belongs to:", "",
@@ -366,12 +368,11 @@ def markdown(cells: list[Cell], ceilings: list[Ceiling], info: dict[str, Any],
               ("| target | concurrency | batch size | preprocess ms/batch | session.run ms/batch"
                " | queue wait ms/request |"),
               "|---|---:|---:|---:|---:|---:|"]
-    for c in cells:
-        if c.server:
-            ms = {key: None if value is None else value * 1000 for key, value in c.server.items()}
-            lines.append(f"| {c.target} | {c.concurrency} | {fmt(c.server['mean_batch_size'], 2)} | "
-                         f"{fmt(ms['preprocess_s_per_batch'], 3)} | {fmt(ms['inference_s_per_batch'], 3)} | "
-                         f"{fmt(ms['queue_wait_s_per_request'], 3)} |")
+    for c in (c for c in cells if c.server):
+        ms = {key: None if value is None else value * 1000 for key, value in c.server.items()}
+        lines.append(f"| {c.target} | {c.concurrency} | {fmt(c.server['mean_batch_size'], 2)} | "
+                     f"{fmt(ms['preprocess_s_per_batch'], 3)} | {fmt(ms['inference_s_per_batch'], 3)} | "
+                     f"{fmt(ms['queue_wait_s_per_request'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
