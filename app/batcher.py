@@ -114,7 +114,7 @@ class Batcher(Generic[RequestT, ResultT]):
                 return
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run_batch, [p.request for p in batch])
-            except Exception as exc:  # the batch function itself broke: every request in it gets the error
+            except Exception as exc:  # noqa: BLE001 - the batch function broke: each request gets the error
                 outcomes = [exc] * len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if pending.future.done():  # its caller gave up (deadline or disconnect)

@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from model_repository.schema import TEXT_ATTENTION_MASK, TEXT_INPUT_IDS, TEXT_TOKEN_TYPE_IDS, TextPreprocessing
+from model_repository.schema import (
+    TEXT_ATTENTION_MASK,
+    TEXT_INPUT_IDS,
+    TEXT_TOKEN_TYPE_IDS,
+    TextPreprocessing,
+)
 
 
 class TextEncoder:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_schemas import BatchPredictResponse, PredictRequest, PredictResponse
-from app.dependencies import get_registry, get_settings, require_api_key
+from app.dependencies import require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.registry import ModelRegistry
 from app.settings import Settings
@@ -132,16 +133,16 @@ def _check_limits(inputs: _Inputs, settings: Settings) -> None:
 )
 async def predict(
     request: Request,
-    registry: Annotated[ModelRegistry, Depends(get_registry)],
-    settings: Annotated[Settings, Depends(get_settings)],
     model: Annotated[str | None, Query(description="model name; optional with one model of the kind")] = None,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="labels to return")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Classify text sent as JSON (`{"text": "..."}` or a list), or images sent as a multipart
     `file` upload, a raw `image/*` body, or base64 in JSON (`{"image": "..."}` or a list).
 
     One input gets one prediction; a list (or several files) gets `predictions` in the same order.
     """
+    settings: Settings = request.app.state.settings
+    registry: ModelRegistry = request.app.state.registry
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "application/json":
         inputs = await _read_json(request)
@@ -159,5 +160,8 @@ async def predict(
     request.state.model = served.name
     predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k)
     if inputs.is_list:
-        return {"model": served.name, "version": served.config.version, "predictions": predictions}
-    return {"model": served.name, "version": served.config.version, **predictions[0]}
+        answer = {"model": served.name, "version": served.config.version, "predictions": predictions}
+    else:
+        answer = {"model": served.name, "version": served.config.version, **predictions[0]}
+    # Built by the service itself, so it skips re-validation against `response_model` (kept for the docs).
+    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
