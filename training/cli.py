@@ -157,7 +157,10 @@ def _image_parser(subparsers) -> None:
         help="cnn: compact CNN for 28x28/32x32 (default); resnet: ResNet-18 layout for 224x224 RGB",
     )
     model.add_argument(
-        "--image-size", type=int, help="square input size (default: the images' size for cnn, 224 for resnet)"
+        "--image-size",
+        type=int,
+        help="square input size (default for cnn: the size of IDX/offline images, 32 for an image folder; "
+        "224 for resnet)",
     )
     model.add_argument("--color-mode", choices=("L", "RGB"), help="default: L for grayscale data, else RGB")
     model.add_argument(

@@ -147,6 +147,8 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if settings.label_smoothing:  # report plain cross-entropy, comparable with validation loss
+                loss = F.cross_entropy(logits.detach().float(), labels)
             total_loss += loss.item() * len(labels)
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)
