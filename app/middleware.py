@@ -50,12 +50,12 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.message = f"the request body is over the {max_bytes}-byte limit (SERVE_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"the request body is over the {self.max_bytes}-byte limit (SERVE_MAX_BODY_BYTES)"
         declared = next(
             (int(value) for name, value in scope["headers"] if name == b"content-length" and value.isdigit()), 0
         )
@@ -64,12 +64,12 @@ class BodySizeLimit:
         async def limited_receive() -> Message:
             nonlocal received
             if declared > self.max_bytes:  # refused before reading, from inside the route, so metrics name it
-                raise PayloadTooLarge(message)
+                raise PayloadTooLarge(self.message)
             incoming = await receive()
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge(message)
+                    raise PayloadTooLarge(self.message)
             return incoming
 
         await self.app(scope, limited_receive, send)
