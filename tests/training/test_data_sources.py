@@ -56,6 +56,7 @@ def test_idx_errors_name_the_file(tmp_path: Path) -> None:
         load_idx_dataset(tmp_path)
 
 
+@pytest.mark.shared_data
 def test_shared_mnist_is_read_in_full(shared_data: Path) -> None:
     dataset = load_idx_dataset(shared_data / "mnist")
     assert (len(dataset.train), len(dataset.test)) == (60000, 10000)
