@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -75,7 +76,8 @@ def load_dataset(options: ImageOptions) -> ImageDataset:
 def choose_preprocessing(options: ImageOptions, train: LabelledImages) -> ImagePreprocessing:
     """Serving preprocessing from the options; unset values follow the architecture and the data.
 
-    cnn: the images' own size (32 for files), no resize step, mean/std measured on the training images.
+    cnn: the images' own size (32 for files), no resize step, mean/std measured on the training images
+    (all in-memory images, or 2,000 sampled files).
     resnet: 224 crop of the shorter side resized to 256 (scaled with the crop), ImageNet mean/std for RGB.
     """
     images = train.images
@@ -89,23 +91,24 @@ def choose_preprocessing(options: ImageOptions, train: LabelledImages) -> ImageP
         size = options.image_size or native
         resize = options.resize
     channels = 1 if color_mode == "L" else 3
-    spec = ImagePreprocessing(
-        color_mode=color_mode,
-        height=size,
-        width=size,
-        resize=resize,
-        interpolation=options.interpolation,
-        mean=options.mean or [0.0] * channels,
-        std=options.std or [1.0] * channels,
-    )
-    if options.mean and options.std:
-        return spec
-    if options.arch == "resnet" and color_mode == "RGB":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        sample = np.random.default_rng(0).permutation(len(images))[:2000]
-        mean, std = estimate_mean_std([images[int(i)] for i in sample], spec)
-    return spec.model_copy(update={"mean": options.mean or mean, "std": options.std or std})
+    fields = {"color_mode": color_mode, "height": size, "width": size, "resize": resize}
+    try:
+        raw = ImagePreprocessing(
+            **fields, interpolation=options.interpolation, mean=[0.0] * channels, std=[1.0] * channels
+        )
+        if options.mean and options.std:
+            mean, std = options.mean, options.std
+        elif options.arch == "resnet" and color_mode == "RGB":
+            mean, std = options.mean or IMAGENET_MEAN, options.std or IMAGENET_STD
+        else:
+            limit = len(images) if isinstance(images, ArrayImages) else 2000  # decoding files is slow
+            sample = np.random.default_rng(0).permutation(len(images))[:limit]
+            measured_mean, measured_std = estimate_mean_std([images[int(i)] for i in sample], raw)
+            mean, std = options.mean or measured_mean, options.std or measured_std
+        return ImagePreprocessing(**fields, interpolation=options.interpolation, mean=mean, std=std)
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        raise TrainingError(f"invalid preprocessing options: {problems}") from None
 
 
 def build_model(options: ImageOptions, channels: int, num_labels: int) -> nn.Module:

@@ -114,3 +114,11 @@ def test_unreadable_image_fails_before_training(tmp_path: Path, digit_folder: Pa
     assert main(args) == 1
     error = capsys.readouterr().err
     assert error.startswith(f"error: {digit_folder / 'digit-7' / 'notes.jpg'}: cannot read image")
+
+
+def test_inconsistent_normalisation_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    args = ["image", "--offline", "digits-8x8", "--color-mode", "RGB", "--mean", "0.5", "--std", "0.2"]
+    assert main([*args, "--name", "x", "--models-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: invalid preprocessing options: Value error, mean and std need 3 values for color_mode RGB"
+    )
