@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -203,12 +204,15 @@ class ServedModel:
         size = self.max_batch_size
         if len(request.inputs) <= size:
             return await self._batcher.submit(request, len(request.inputs), deadline)
-        results: list[Any] = []
-        for start in range(0, len(request.inputs), size):
-            chunk = WorkRequest(request.kind, request.inputs[start:start + size], request.answer,
-                                request.top_k, request.output_names)
-            results.extend(await self._batcher.submit(chunk, len(chunk.inputs), deadline))
-        return results
+        # More rows than one batch holds: queue every chunk at once, so they run in back-to-back batches.
+        chunks = [
+            replace(request, inputs=request.inputs[start:start + size])
+            for start in range(0, len(request.inputs), size)
+        ]
+        answers = await asyncio.gather(
+            *(self._batcher.submit(chunk, len(chunk.inputs), deadline) for chunk in chunks)
+        )
+        return [result for answer in answers for result in answer]
 
     # The batch function, run on the batcher's worker thread ------------------------------------------
 
