@@ -88,17 +88,19 @@ class ServedModel:
             self._load_session()
             self.state = ModelState.WARMING
             self._warm_up()
-        except (ModelRepositoryError, OSError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            self.state = ModelState.FAILED
-            self.error = str(exc)
-            logger.error("model %s failed to load: %s", self.name, exc)
+        except (ModelRepositoryError, OSError) as exc:  # the repository's fault: say what is wrong with it
+            self._fail(str(exc))
             return
-        except Exception as exc:  # an ONNX Runtime error type we did not foresee: still a failed model
-            self.state = ModelState.FAILED
-            self.error = f"{type(exc).__name__}: {exc}"
-            logger.exception("model %s failed to load", self.name)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers errors share no base class
+            self._fail(f"{type(exc).__name__}: {exc}")
             return
         logger.info("model %s version %s ready on %s", self.name, self.config.version, self.provider)
+
+    def _fail(self, reason: str) -> None:
+        """Record why loading failed, naming files relative to the repository (answers carry no host paths)."""
+        self.state = ModelState.FAILED
+        self.error = reason.replace(str(self.directory), f"{self.name}/{self.config.version}")
+        logger.error("model %s failed to load: %s", self.name, reason)
 
     def _load_session(self) -> None:
         onnx_path = self.directory / self.config.onnx_file
@@ -199,7 +201,9 @@ class ServedModel:
 
     async def _submit(self, request: WorkRequest) -> list[Any]:
         if self._batcher is None or not self.ready:
-            raise ModelNotReady(f"model {self.name!r} is {self.state.value}; retry when /health/ready answers 200")
+            raise ModelNotReady(
+                f"model {self.name!r} is not ready ({self.state.value}); see /health, retry when /health/ready is 200"
+            )
         deadline = time.perf_counter() + self._settings.request_timeout_s
         size = self.max_batch_size
         if len(request.inputs) <= size:
