@@ -241,7 +241,7 @@ def _text_parser(subparsers) -> None:
         "--arch",
         choices=("textcnn", "transformer"),
         default="textcnn",
-        help="textcnn (default): from scratch, own WordPiece tokenizer; transformer: fine-tune --pretrained",
+        help="textcnn (default): from scratch, own BPE tokenizer; transformer: fine-tune --pretrained",
     )
     model.add_argument(
         "--max-length",
@@ -256,7 +256,7 @@ def _text_parser(subparsers) -> None:
         help="textcnn: keep case (the transformer tokenizer decides for itself)",
     )
     model.add_argument(
-        "--vocab-size", type=int, default=8000, help="textcnn: WordPiece vocabulary size (default: 8000)"
+        "--vocab-size", type=int, default=8000, help="textcnn: BPE vocabulary size (default: 8000)"
     )
     model.add_argument(
         "--embedding-dim", type=int, default=128, help="textcnn: embedding size (default: 128)"

@@ -43,7 +43,7 @@ def _mnist_cnn(data: Path, models_dir: Path, seed: int, device: str) -> ImageOpt
 def _sst2_textcnn(data: Path, models_dir: Path, seed: int, device: str) -> TextOptions:
     return TextOptions(
         name="sst2-textcnn",
-        description="English sentence sentiment (SST-2): TextCNN and WordPiece tokenizer from scratch.",
+        description="English sentence sentiment (SST-2): TextCNN and BPE tokenizer from scratch.",
         models_dir=models_dir,
         version=1,
         overwrite=True,

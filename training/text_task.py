@@ -31,7 +31,7 @@ from training.preprocessing import pad_rows, prepare_tokenizer, tokenize
 from training.publish import TrainedModel, publish_model
 from training.repository import resolve_version
 from training.runtime import default_workers, resolve_device, seed_everything
-from training.tokenizer import PAD, train_wordpiece
+from training.tokenizer import PAD, train_bpe
 
 ARCH_DEFAULTS = {
     "textcnn": {"epochs": 8, "batch_size": 64, "learning_rate": 2e-3},
@@ -153,9 +153,9 @@ def pretrained_dir(options: TextOptions) -> Path:
 
 
 def build_tokenizer(options: TextOptions, texts: list[str]) -> tuple[Tokenizer, TextPreprocessing]:
-    """textcnn: a WordPiece vocabulary learned from the training texts; transformer: the model's own."""
+    """textcnn: a BPE vocabulary learned from the training texts; transformer: the model's own."""
     if options.arch == "textcnn":
-        tokenizer = train_wordpiece(texts, options.vocab_size, options.lowercase)
+        tokenizer = train_bpe(texts, options.vocab_size, options.lowercase)
         pad_id, lowercase = tokenizer.token_to_id(PAD), options.lowercase
     else:
         path = pretrained_dir(options) / "tokenizer.json"

@@ -18,7 +18,7 @@ from training.data.splits import stratified_split
 FAST = ["--epochs", "4", "--batch-size", "64", "--cnn-widths", "8,16,32"]
 
 
-def test_cnn_on_offline_digits_serves_what_it_measured(tmp_path: Path) -> None:
+def test_cnn_on_offline_digits_serves_what_it_measured(tmp_path: Path, capsys) -> None:
     models = tmp_path / "models"
     assert (
         main(["image", "--offline", "digits-8x8", "--name", "digits", "--models-dir", str(models), *FAST])
@@ -51,8 +51,10 @@ def test_cnn_on_offline_digits_serves_what_it_measured(tmp_path: Path) -> None:
 def test_versions_and_int8_quantization(tmp_path: Path, capsys) -> None:
     models = tmp_path / "models"
     common = ["image", "--offline", "digits-8x8", "--name", "digits", "--models-dir", str(models), *FAST]
-    assert main([*common, "--quantize", "--max-quantization-drop", "0.05"]) == 0
-    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--quantize", "--max-quantization-drop", "0.05"]) == 0, capsys.readouterr().err[
+        -3000:
+    ]
+    assert main([*common, "--epochs", "1"]) == 0, capsys.readouterr().err[-3000:]
     assert sorted(p.name for p in (models / "digits").iterdir()) == ["1", "2"]
 
     config = check_published(models / "digits" / "1")
@@ -72,7 +74,7 @@ def test_versions_and_int8_quantization(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in (models / "digits").iterdir()) == ["1", "2"]
 
 
-def test_resnet_on_an_image_folder_at_small_size(tmp_path: Path, digit_folder: Path) -> None:
+def test_resnet_on_an_image_folder_at_small_size(tmp_path: Path, digit_folder: Path, capsys) -> None:
     models = tmp_path / "models"
     args = [
         "image",
@@ -97,7 +99,7 @@ def test_resnet_on_an_image_folder_at_small_size(tmp_path: Path, digit_folder: P
         "--test-fraction",
         "0.3",
     ]
-    assert main(args) == 0
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
     config = check_published(models / "photos" / "1")
     spec = config.preprocessing
     assert (spec.color_mode, spec.height, spec.width, spec.resize) == ("RGB", 24, 24, 27)

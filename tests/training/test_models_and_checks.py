@@ -23,7 +23,7 @@ from training.models.resnet import ResNet
 from training.models.text_cnn import TextCNN
 from training.preprocessing import encode_texts, pad_rows, prepare_tokenizer
 from training.text_task import padding_check
-from training.tokenizer import train_wordpiece
+from training.tokenizer import train_bpe
 
 SPEC = TextPreprocessing(max_length=8, pad_token_id=0)
 
@@ -37,16 +37,17 @@ def test_pad_rows_right_and_left() -> None:
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_wordpiece_tokenizer_truncates_with_special_tokens() -> None:
-    tokenizer = prepare_tokenizer(train_wordpiece(POSITIVE + NEGATIVE, vocab_size=300, lowercase=True), 6)
+def test_bpe_tokenizer_is_reproducible_and_truncates_with_special_tokens() -> None:
+    texts = POSITIVE + NEGATIVE
+    tokenizer = prepare_tokenizer(train_bpe(texts, vocab_size=300, lowercase=True), 6)
+    assert all(train_bpe(texts, 300, True).get_vocab() == tokenizer.get_vocab() for _ in range(3))
     batch = encode_texts(tokenizer, ["THE film", "one of the best movies i have seen this year"], SPEC)
     assert tokenizer.token_to_id("[PAD]") == 0
     assert batch["input_ids"].shape == (2, 6)
-    assert batch["input_ids"][0, 0] == tokenizer.token_to_id("[CLS]")
     assert [tokenizer.id_to_token(int(i)) for i in batch["input_ids"][0]] == [
         "[CLS]",
-        "the",
-        "film",
+        "\u2581the",
+        "\u2581film",
         "[SEP]",
         "[PAD]",
         "[PAD]",

@@ -50,7 +50,7 @@ def check_text_model(directory: Path, atol: float = 1e-4) -> ModelConfig:
     return config
 
 
-def test_textcnn_on_a_small_csv(tmp_path: Path, sentiment_csv: Path) -> None:
+def test_textcnn_on_a_small_csv(tmp_path: Path, sentiment_csv: Path, capsys) -> None:
     models = tmp_path / "models"
     args = [
         "text",
@@ -74,7 +74,7 @@ def test_textcnn_on_a_small_csv(tmp_path: Path, sentiment_csv: Path) -> None:
         str(models),
         *SMALL_TEXTCNN,
     ]
-    assert main(args) == 0
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
     config = check_text_model(models / "reviews" / "1")
     assert config.labels == ["negative", "positive"]
     assert config.training["label_values"] == ["neg", "pos"]
@@ -84,7 +84,7 @@ def test_textcnn_on_a_small_csv(tmp_path: Path, sentiment_csv: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path, Path]) -> None:
+def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path, Path], capsys) -> None:
     train, dev = sst2_slice
     models = tmp_path / "models"
     args = [
@@ -100,6 +100,8 @@ def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path,
         "--models-dir",
         str(models),
         "--quantize",
+        "--max-quantization-drop",
+        "0.05",
         *[
             "--epochs",
             "3",
@@ -113,7 +115,7 @@ def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path,
             "2000",
         ],
     ]
-    assert main(args) == 0
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
     config = check_text_model(models / "sst2" / "1", atol=0.1)
     assert config.metrics.split == "dev.tsv (200 texts), INT8 ONNX"
     assert config.training["quantization"]["method"].startswith("dynamic")
@@ -122,7 +124,7 @@ def test_textcnn_on_sst2_slice_with_int8(tmp_path: Path, sst2_slice: tuple[Path,
 
 
 def test_transformer_fine_tune_with_tiny_bert(
-    tmp_path: Path, sentiment_csv: Path, tiny_bert_dir: Path
+    tmp_path: Path, sentiment_csv: Path, tiny_bert_dir: Path, capsys
 ) -> None:
     models = tmp_path / "models"
     args = [
@@ -157,7 +159,7 @@ def test_transformer_fine_tune_with_tiny_bert(
         "--max-quantization-drop",
         "1",
     ]
-    assert main(args) == 0
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
     config = check_text_model(models / "tiny-bert" / "1", atol=0.1)
     assert config.preprocessing.pad_token_id == 0 and not config.preprocessing.lowercase
     assert config.preprocessing.max_length == 48
