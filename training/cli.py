@@ -299,7 +299,7 @@ def _defaults_parser(subparsers) -> None:
     parser.add_argument(
         "--only", choices=tuple(DEFAULT_MODELS), action="append", help="build only this model (repeatable)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, help="random seed for every model (default: each recipe's own)")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device (default: auto)"
     )
