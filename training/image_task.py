@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from training.data.splits import stratified_split
 from training.errors import TrainingError
 from training.evaluate import compute_metrics
 from training.export import InputBatch
-from training.loop import FitSettings, fit, predict
+from training.loop import FitSettings, fit, predict, run_record
 from training.models.cnn import SmallCNN
 from training.models.resnet import ResNet
 from training.options import ImageOptions
@@ -211,6 +210,7 @@ def run_image(options: ImageOptions) -> Path:
         if options.arch == "cnn"
         else f"ResNet(blocks={list(options.resnet_blocks or (2, 2, 2, 2))}, width={options.resnet_width})"
     )
+    provenance, facts = run_record(result, settings, batch_size, options.seed, device, training_seconds)
     trained = TrainedModel(
         task="image",
         model=model,
@@ -236,19 +236,8 @@ def run_image(options: ImageOptions) -> Path:
             "architecture": architecture,
             "parameters": sum(p.numel() for p in model.parameters()),
             "augmentation": augment,
-            "epochs_run": len(result.history),
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            **asdict(settings),
-            "batch_size": batch_size,
-            "seed": options.seed,
-            "device": str(device),
-            "torch_version": torch.__version__,
-            "training_seconds": round(training_seconds, 1),
+            **provenance,
         },
-        facts={
-            "epochs (best)": f"{len(result.history)} ({result.best_epoch})",
-            "training time": f"{training_seconds / 60:.1f} min on {device}",
-        },
+        facts=facts,
     )
     return publish_model(trained, options, version)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,3 +188,25 @@ def fit(
     epochs.close()
     model.load_state_dict(best_state)
     return FitResult(history=history, best_epoch=best_epoch, stopped_early=len(history) < settings.epochs)
+
+
+def run_record(
+    result: FitResult, settings: FitSettings, batch_size: int, seed: int, device: torch.device, seconds: float
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Provenance of one `fit` run for config.json's `training`, and its lines of the summary table."""
+    provenance = {
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        **asdict(settings),
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "training_seconds": round(seconds, 1),
+    }
+    facts = {
+        "epochs (best)": f"{len(result.history)} ({result.best_epoch})",
+        "training time": f"{seconds / 60:.1f} min on {device}",
+    }
+    return provenance, facts

@@ -6,7 +6,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from training.data.text_tables import TextTable, encode_labels, label_values, re
 from training.errors import ExportError, TrainingError
 from training.evaluate import compute_metrics
 from training.export import PARITY_ATOL, InputBatch, run_session
-from training.loop import FitSettings, fit, predict
+from training.loop import FitSettings, fit, predict, run_record
 from training.models.text_cnn import TextCNN
 from training.models.transformer import bundled_minilm_dir, load_transformer_classifier
 from training.options import TextOptions
@@ -296,6 +295,7 @@ def run_text(options: TextOptions) -> Path:
     metrics = compute_metrics(logits, targets, split_description)
     training_seconds = time.perf_counter() - started
 
+    provenance, facts = run_record(result, settings, batch_size, options.seed, device, training_seconds)
     trained = TrainedModel(
         task="text",
         model=model,
@@ -323,19 +323,8 @@ def run_text(options: TextOptions) -> Path:
             "architecture": architecture,
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": tokenizer.get_vocab_size(),
-            "epochs_run": len(result.history),
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            **asdict(settings),
-            "batch_size": batch_size,
-            "seed": options.seed,
-            "device": str(device),
-            "torch_version": torch.__version__,
-            "training_seconds": round(training_seconds, 1),
+            **provenance,
         },
-        facts={
-            "epochs (best)": f"{len(result.history)} ({result.best_epoch})",
-            "training time": f"{training_seconds / 60:.1f} min on {device}",
-        },
+        facts=facts,
     )
     return publish_model(trained, options, version)
