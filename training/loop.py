@@ -6,7 +6,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from training.options import CommonOptions
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -52,6 +54,19 @@ class FitSettings:
     label_smoothing: float = 0.0
     max_grad_norm: float | None = 1.0
     amp: bool = False
+
+    @classmethod
+    def from_options(cls, options: CommonOptions, defaults: Mapping[str, Any]) -> FitSettings:
+        """The run's settings: the command-line options, else the architecture's `defaults`."""
+        return cls(
+            epochs=options.epochs or defaults["epochs"],
+            learning_rate=options.learning_rate or defaults["learning_rate"],
+            weight_decay=options.weight_decay,
+            warmup_fraction=options.warmup_fraction,
+            patience=options.patience,
+            label_smoothing=options.label_smoothing,
+            amp=options.amp,
+        )
 
 
 def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

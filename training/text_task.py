@@ -281,15 +281,7 @@ def run_text(options: TextOptions) -> Path:
     )
 
     model, architecture = build_model(options, tokenizer, spec, labels)
-    settings = FitSettings(
-        epochs=options.epochs or defaults["epochs"],
-        learning_rate=options.learning_rate or defaults["learning_rate"],
-        weight_decay=options.weight_decay,
-        warmup_fraction=options.warmup_fraction,
-        patience=options.patience,
-        label_smoothing=options.label_smoothing,
-        amp=options.amp,
-    )
+    settings = FitSettings.from_options(options, defaults)
     result = fit(model, train_loader, val_loader, settings, device)
     logits, targets = predict(model, test_loader, device)
     metrics = compute_metrics(logits, targets, split_description)
