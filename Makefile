@@ -35,7 +35,9 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 serve: $(SERVE_STAMP)
 	SERVE_HOST=$(HOST) SERVE_PORT=$(PORT) $(BIN)/python -m app
 
+# System tools of the deployment checks (promtool, docker-compose, podman): installed with apt when root.
 test: $(DEV_STAMP)
+	scripts/install-check-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 models: $(DEV_STAMP)

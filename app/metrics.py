@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
+    disable_created_metrics,
+)
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -22,6 +25,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        # CPU, memory and open file descriptors of the process (`process_*`), the Python version and GC.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
         self.requests = Counter(
             "requests", "HTTP requests by route, model and status code.",
             ["route", "model", "status"], namespace=NAMESPACE, registry=registry,
@@ -55,6 +61,10 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "queue_depth", "Requests waiting in the model's queue.", ["model"], namespace=NAMESPACE, registry=registry,
+        )
+        self.queue_capacity = Gauge(
+            "queue_capacity", "Requests the model's queue holds before answering 503 (SERVE_MAX_QUEUE_SIZE).",
+            ["model"], namespace=NAMESPACE, registry=registry,
         )
         self.model_info = Gauge(
             "model_info", "Loaded model versions and the execution provider each session really got.",

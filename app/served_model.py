@@ -170,6 +170,7 @@ class ServedModel:
             on_queue_change=metrics.queue_depth.labels(name).set,
         )
         self._batcher.start()
+        metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)
         self.state = ModelState.READY
 
     async def drain(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.settings import Settings
+
 from .conftest import MAX_BODY_BYTES
 from .support import (
     ModelUnderTest,
@@ -66,7 +68,13 @@ def test_series_exist_for_each_model(http: httpx.Client, request: pytest.Fixture
     assert info == 1
     assert value(samples, "modelserver_model_ready", model=model.name) == 1
     assert has_series(samples, "modelserver_queue_depth", model=model.name)
+    capacity = Settings.model_fields["max_queue_size"].default
+    assert value(samples, "modelserver_queue_capacity", model=model.name) == capacity
     assert has_series(samples, "modelserver_requests_in_flight")
+    # The process row of the dashboard: CPU, memory, file descriptors.
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_open_fds") > 0
+    assert has_series(samples, "process_cpu_seconds_total")
 
 
 def test_errors_are_counted_by_kind(http: httpx.Client, image_model: ModelUnderTest) -> None:
