@@ -23,13 +23,13 @@ $(BIN)/python:
 
 # The serving install has no torch in it.
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[cpu]'
 	touch $@
 
 # torch is pinned and installed first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,test]'
 	touch $@ $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP)

@@ -6,7 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
+try:
+    import onnxruntime as ort
+except ImportError as missing:  # the serving install names the runtime as an extra
+    raise ImportError(
+        "ONNX Runtime is not installed: pip install 'onnx-classifier-serving[cpu]' (or '[gpu]' for CUDA)"
+    ) from missing
 
 logger = logging.getLogger(__name__)
 

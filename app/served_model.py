@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
 from app.image_decoding import decode_image
 from app.metrics import Metrics
-from app.runtime import CUDA, create_session, requested_providers
+from app.runtime import CUDA, create_session, ort, requested_providers
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256

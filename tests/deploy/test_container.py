@@ -1,0 +1,125 @@
+"""A real build and run of the `cpu` image with podman, as a user would run it with Docker.
+
+The image is built on a Debian bookworm + Python 3.11 base made locally with debootstrap (no registry can be
+reached here; `scripts/local-base-image.sh`), run as its own non-root user with a read-only root filesystem on
+127.0.0.1, asked for an image and a text prediction and its metrics, stopped with SIGTERM (exit status 0),
+and removed. Needs root, podman, runc and debootstrap (`make test` installs them as root); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.serving.support import free_port, scrape, value
+
+from .conftest import REPO_ROOT, find_tool, run_tool
+
+pytestmark = pytest.mark.container
+
+BASE_IMAGE = "localhost/bookworm-python:latest"
+BUILD_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[list[str]]:
+    """The podman command, with this project's settings for machines like CI's (tests/deploy/containers.conf)."""
+    if os.geteuid() != 0:
+        pytest.skip("the container test needs root (rootless podman is not set up here)")
+    for tool in ("runc", "debootstrap"):
+        find_tool(tool)
+    previous = os.environ.get("CONTAINERS_CONF")
+    os.environ["CONTAINERS_CONF"] = str(REPO_ROOT / "tests" / "deploy" / "containers.conf")
+    yield [find_tool("podman")]
+    if previous is None:
+        os.environ.pop("CONTAINERS_CONF")
+    else:
+        os.environ["CONTAINERS_CONF"] = previous
+
+
+@pytest.fixture(scope="module")
+def image(podman: list[str]) -> Iterator[str]:
+    """The `cpu` target built on the local base image; removed afterwards (the base image is kept as a cache)."""
+    run_tool([str(REPO_ROOT / "scripts" / "local-base-image.sh"), BASE_IMAGE], timeout=BUILD_TIMEOUT_S)
+    tag = f"localhost/onnx-classifier-serving-test:{uuid.uuid4().hex[:12]}"
+    run_tool([*podman, "build", "--format", "docker", "--network", "host",
+              "--volume", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+              "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--target", "cpu", "--tag", tag, "."],
+             timeout=BUILD_TIMEOUT_S)
+    yield tag
+    run_tool([*podman, "rmi", "--force", tag], check=False)
+
+
+@pytest.fixture
+def container(podman: list[str], image: str) -> Iterator[tuple[str, int]]:
+    """The image running detached on a free loopback port; its id and port. Removed afterwards."""
+    port = free_port()
+    started = run_tool([*podman, "run", "--detach", "--network", "host", "--read-only",
+                        "--health-interval", "disable",  # no systemd timers here; the check is run by hand
+                        "--env", "SERVE_HOST=127.0.0.1", "--env", f"SERVE_PORT={port}", image])
+    container_id = started.stdout.strip().splitlines()[-1]
+    yield container_id, port
+    run_tool([*podman, "rm", "--force", container_id], check=False)
+
+
+def wait_ready(podman: list[str], container_id: str, url: str, timeout: float = 60.0) -> None:
+    """Poll /health/ready until it answers 200; fail with the container's log if it does not in time."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+    logs = run_tool([*podman, "logs", container_id], check=False)
+    pytest.fail(f"the container was not ready within {timeout:.0f} s\n{logs.stdout}\n{logs.stderr}")
+
+
+def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
+    podman: list[str], image: str, container: tuple[str, int]
+) -> None:
+    container_id, port = container
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(podman, container_id, url)
+
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        digit = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
+        image_answer = client.post("/predict", files={"file": ("digit-7.png", digit, "image/png")})
+        assert image_answer.status_code == 200, image_answer.text
+        assert image_answer.json()["model"] == "mnist-cnn" and image_answer.json()["label"] == "7"
+        text_answer = client.post("/predict", json={"text": "a gripping, beautifully acted film"})
+        assert text_answer.status_code == 200, text_answer.text
+        assert text_answer.json()["label"] == "positive"
+        samples = scrape(client)
+        for model in ("mnist-cnn", "sst2-textcnn"):
+            assert value(samples, "modelserver_requests_total", route="/predict", model=model, status="200") == 1
+        assert value(samples, "process_resident_memory_bytes") > 0
+
+    user = run_tool([*podman, "exec", container_id, "id", "-u"]).stdout.strip()
+    assert user == "1000", f"the service runs as uid {user}"
+    imports = run_tool([*podman, "exec", container_id, "python3", "-c",
+                        "import importlib.util as u; print([m for m in ('torch', 'pip') if u.find_spec(m)])"])
+    assert imports.stdout.strip() == "[]", f"the serving image has {imports.stdout.strip()}"
+    health = run_tool([*podman, "healthcheck", "run", container_id], check=False)
+    assert health.returncode == 0, f"HEALTHCHECK failed: {health.stdout}{health.stderr}"
+
+    run_tool([*podman, "stop", "--time", "40", container_id], timeout=60)
+    state = json.loads(run_tool([*podman, "inspect", container_id]).stdout)[0]["State"]
+    assert state["ExitCode"] == 0, f"exit status after SIGTERM: {state}"
+
+
+def test_the_serving_layers_stay_small(podman: list[str], image: str) -> None:
+    """What the project adds to the base (virtualenv and models) stays small; the README quotes the sizes."""
+    layers = json.loads(run_tool([*podman, "history", "--format", "json", image]).stdout)
+    base = json.loads(run_tool([*podman, "history", "--format", "json", BASE_IMAGE]).stdout)
+    added_mb = (sum(layer["size"] for layer in layers) - sum(layer["size"] for layer in base)) / 1e6
+    print(f"image {image}: {added_mb:.0f} MB on top of {BASE_IMAGE}")
+    assert added_mb < 400, f"the serving layers take {added_mb:.0f} MB"
