@@ -25,6 +25,10 @@ _ALIASES = {"cpu": CPU, "cuda": CUDA}
 DEFAULT_PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 
+class ProviderUnavailable(RuntimeError):
+    """An execution provider named explicitly in the settings cannot run the session."""
+
+
 def requested_providers(setting: str) -> list[str]:
     """The providers to ask for, most preferred first, from the `providers` setting.
 
@@ -48,8 +52,13 @@ def create_session(
     provider_options: dict[str, dict[str, Any]],
     intra_op_threads: int,
     inter_op_threads: int,
+    strict: bool,
 ) -> ort.InferenceSession:
-    """An inference session with full graph optimisation, logging which providers it really got."""
+    """An inference session with full graph optimisation, logging which providers it really got.
+
+    With `strict` (a provider named in the settings rather than `auto`), a session that would run on anything
+    but the first provider asked for raises `ProviderUnavailable` instead of falling back to the CPU.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
@@ -57,6 +66,11 @@ def create_session(
     available = set(ort.get_available_providers())
     usable = [name for name in providers if name in available]
     missing = [name for name in providers if name not in available]
+    if strict and missing and missing[0] == providers[0]:
+        hint = " (CUDA needs onnxruntime-gpu: the `gpu` extra or the gpu image)" if providers[0] == CUDA else ""
+        raise ProviderUnavailable(
+            f"{providers[0]} was asked for, but this ONNX Runtime build has only {sorted(available)}{hint}"
+        )
     if missing:
         logger.warning("%s: providers %s are not in this ONNX Runtime build; using %s", model_path, missing, usable)
     session = ort.InferenceSession(
@@ -67,5 +81,8 @@ def create_session(
     )
     got = session.get_providers()
     if usable and got[0] != usable[0]:
+        if strict:
+            raise ProviderUnavailable(f"{usable[0]} was asked for, but the session could only be created on "
+                                      f"{got[0]}: is a GPU visible to this process, with its CUDA and cuDNN?")
         logger.warning("%s: asked for %s but the session runs on %s", model_path, usable[0], got[0])
     return session

@@ -17,7 +17,7 @@ from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
 from app.image_decoding import decode_image
 from app.metrics import Metrics
-from app.runtime import CUDA, create_session, ort, requested_providers
+from app.runtime import CUDA, ProviderUnavailable, create_session, ort, requested_providers
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
@@ -87,7 +87,7 @@ class ServedModel:
             self._load_session()
             self.state = ModelState.WARMING
             self._warm_up()
-        except (ModelRepositoryError, OSError) as exc:  # the repository's fault: say what is wrong with it
+        except (ModelRepositoryError, ProviderUnavailable, OSError) as exc:  # say what is wrong, plainly
             self._fail(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime and tokenizers errors share no base class
@@ -116,6 +116,7 @@ class ServedModel:
             settings.provider_options,
             settings.intra_op_threads,
             settings.inter_op_threads,
+            strict=settings.providers.strip().lower() != "auto",
         )
         self.provider = self._session.get_providers()[0]
         graph_inputs = {item.name for item in self._session.get_inputs()}

@@ -7,6 +7,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from .conftest import CopyModels, StartServer
@@ -77,6 +78,28 @@ def test_missing_configured_model_keeps_service_unready(start_server: StartServe
             response = client.post("/predict", json={"image": b64(digits[1])})
             assert response.status_code == 200, response.text
             assert_prediction(response.json(), image_model.image_probabilities(digits[1]), image_model.labels, 5)
+
+
+def test_cuda_asked_for_but_unusable_fails_loudly(start_server: StartServer, models_dir: Path,
+                                                  image_model: ModelUnderTest, digits: list[bytes]) -> None:
+    """SERVE_PROVIDERS=cuda never falls back to the CPU in silence: the model fails and says why.
+
+    Where CUDA works (onnxruntime-gpu and a GPU) the model must be ready on CUDA instead.
+    """
+    server = start_server(models_dir, SERVE_MODELS=image_model.name, SERVE_PROVIDERS="cuda")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        wait_for_states(server, {image_model.name: "ready"})
+        with server.client() as client:
+            assert model_states(client)[image_model.name]["provider"] == "CUDAExecutionProvider"
+        return
+    wait_for_states(server, {image_model.name: "failed"})
+    with server.client() as client:
+        status = model_states(client)[image_model.name]
+        assert "CUDAExecutionProvider was asked for" in status["error"], status
+        assert status["provider"] is None, status
+        assert client.get("/health/ready").status_code == 503
+        response = client.post("/predict", json={"image": b64(digits[0])})
+        assert response.status_code == 503, response.text
 
 
 def test_sha256_mismatch_fails_that_model(start_server: StartServer, copy_models: CopyModels, image_model: ModelUnderTest,
