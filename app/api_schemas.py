@@ -75,12 +75,22 @@ class HealthResponse(BaseModel):
     models: list[ModelStatus]
 
 
+class BatchTimingDescription(BaseModel):
+    batch_size: int
+    ms_per_batch: float
+    items_per_s: float
+
+
 class ModelDescription(ModelStatus):
     labels: list[str]
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     preprocessing: dict[str, Any]
-    max_batch_size: int
+    max_batch_size: int = Field(description="the largest batch formed: the measured best size when "
+                                            "SERVE_BATCH_SIZE_SEARCH is on, else the configured maximum")
+    configured_max_batch_size: int = Field(description="config.json's max_batch_size, capped by SERVE_MAX_BATCH_SIZE")
+    batch_size_curve: list[BatchTimingDescription] = Field(
+        description="the warm-up timings behind max_batch_size (the fastest run of each size)")
     metrics: dict[str, Any] | None
 
 

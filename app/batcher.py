@@ -1,7 +1,9 @@
 """A dynamic batcher: merges concurrent requests for one model into as few `session.run` calls as it can.
 
-A request that reaches an idle batcher runs at once. While a batch runs, new requests queue, and the next
-batch takes as many of them as fit in `max_batch_size` rows, so batches grow with load on their own. The
+A request that reaches an idle batcher runs at once: on the worker thread, or, when `run_inline` says so
+(a lone request to a fast model), right on the event loop, which saves two thread hand-offs. While a batch
+runs, new requests queue, and the next batch takes as many of them as fit in `max_batch_size` rows, so
+batches grow with load on their own. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
 when the deadline passes), and `drain()` stops intake and answers everything already queued.
 """
@@ -47,6 +49,7 @@ class Batcher(Generic[RequestT, ResultT]):
         max_wait_s: float = 0.0,
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_queue_change: Callable[[int], None] | None = None,
+        run_inline: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -55,6 +58,8 @@ class Batcher(Generic[RequestT, ResultT]):
         self._run_batch = run_batch
         self._on_batch = on_batch
         self._on_queue_change = on_queue_change
+        self._run_inline = run_inline
+        self._running = False  # a batch is on the worker thread
         self._queue: deque[_Pending[RequestT]] = deque()
         self._queued_rows = 0
         self._arrival = asyncio.Event()
@@ -83,6 +88,12 @@ class Batcher(Generic[RequestT, ResultT]):
             raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
         if rows > self.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}")
+        if self._run_inline is not None and self._idle() and self._run_inline():
+            # One turn of the loop first, so requests the server has already read get counted and queued:
+            # without it, running inline would keep them unread and every request would look like a lone one.
+            await asyncio.sleep(0)
+            if self._idle() and self._run_inline():
+                return self._run_now(request, rows)
         pending = _Pending(request, rows, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += rows
@@ -98,6 +109,18 @@ class Batcher(Generic[RequestT, ResultT]):
                 f"model {self.name!r} did not answer within the request deadline; retry later"
             ) from None
 
+    def _idle(self) -> bool:
+        return not self._running and not self._queue
+
+    def _run_now(self, request: RequestT, rows: int) -> ResultT:
+        """Run one request as a batch of its own on the calling (event loop) thread."""
+        if self._on_batch:
+            self._on_batch(rows, [0.0])
+        (outcome,) = self._run_batch([request])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
     async def drain(self) -> None:
         """Refuse new requests, finish every queued one, then stop the worker thread."""
         self._draining = True
@@ -112,10 +135,13 @@ class Batcher(Generic[RequestT, ResultT]):
             batch = await self._next_batch()
             if not batch:
                 return
+            self._running = True
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run_batch, [p.request for p in batch])
             except Exception as exc:  # noqa: BLE001 - the batch function broke: each request gets the error
                 outcomes = [exc] * len(batch)
+            finally:
+                self._running = False
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if pending.future.done():  # its caller gave up (deadline or disconnect)
                     continue

@@ -36,9 +36,12 @@ class Metrics:
             "request_duration_seconds", "End-to-end HTTP request latency.",
             ["route", "model"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
         )
+        # HTTP requests being handled, counted by the middleware on the event loop; the gauge reads it.
+        self.requests_in_flight = 0
         self.in_flight = Gauge(
             "requests_in_flight", "HTTP requests being handled.", namespace=NAMESPACE, registry=registry,
         )
+        self.in_flight.set_function(lambda: self.requests_in_flight)
         self.errors = Counter(
             "errors", "Error answers by model and kind (the `code` of the error body).",
             ["model", "kind"], namespace=NAMESPACE, registry=registry,
@@ -64,6 +67,10 @@ class Metrics:
         )
         self.queue_capacity = Gauge(
             "queue_capacity", "Requests the model's queue holds before answering 503 (SERVE_MAX_QUEUE_SIZE).",
+            ["model"], namespace=NAMESPACE, registry=registry,
+        )
+        self.max_batch_size = Gauge(
+            "max_batch_size", "Largest batch the model forms: the measured best size, or the configured maximum.",
             ["model"], namespace=NAMESPACE, registry=registry,
         )
         self.model_info = Gauge(

@@ -30,11 +30,11 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.requests_in_flight += 1
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.requests_in_flight -= 1
             route = getattr(scope.get("route"), "path", "unmatched")
             state = scope.get("state", {})
             model = state.get("model", "")

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     # Dynamic batching and overload protection.
     max_batch_size: int = Field(default=0, ge=0, description="cap on every model's batch size; 0 keeps each config's")
+    batch_size_search: bool = Field(
+        default=True,
+        description="time batch sizes 1, 2, 4, ... at warm-up and cap batches past which items/s drop",
+    )
     max_batch_wait_ms: float = Field(
         default=0.0,
         ge=0,

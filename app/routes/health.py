@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api_schemas import HealthResponse, ModelDescription, ModelsResponse
+from app.api_schemas import BatchTimingDescription, HealthResponse, ModelDescription, ModelsResponse
 from app.dependencies import get_registry, require_api_key
 from app.registry import ModelRegistry
 
@@ -59,6 +59,12 @@ async def list_models(registry: Registry) -> ModelsResponse:
             outputs=[spec.model_dump() for spec in config.outputs],
             preprocessing=config.preprocessing.model_dump(),
             max_batch_size=model.max_batch_size,
+            configured_max_batch_size=model.configured_max_batch_size,
+            batch_size_curve=[
+                BatchTimingDescription(batch_size=timing.batch_size, ms_per_batch=timing.seconds_per_batch * 1000,
+                                       items_per_s=timing.items_per_s)
+                for timing in model.batch_curve
+            ],
             metrics=config.metrics.model_dump() if config.metrics else None,
         ))
     return ModelsResponse(models=described)

@@ -101,7 +101,8 @@ def test_full_queue_is_503_with_retry_after(start_server: StartServer, copy_mode
         edit_config(model_root / image_model.directory.name, max_batch_size=64)
 
     models = copy_models(image_model.name, edit={image_model.name: roomy_batches})
-    server = start_server(models, SERVE_MAX_QUEUE_SIZE=str(queue_size), SERVE_MAX_BATCH_WAIT_MS="3000")
+    server = start_server(models, SERVE_MAX_QUEUE_SIZE=str(queue_size), SERVE_MAX_BATCH_WAIT_MS="3000",
+                          SERVE_BATCH_SIZE_SEARCH="false")  # keep the roomy batch, so the wait holds all
     server.wait_ready()
     images = digits[:sent]
 

@@ -24,7 +24,8 @@ def test_sigterm_drains_requests_in_flight(start_server: StartServer, copy_model
         edit_config(model_root / image_model.directory.name, max_batch_size=IN_FLIGHT + 14)
 
     models = copy_models(image_model.name, edit={image_model.name: roomy_batches})
-    server = start_server(models, SERVE_MAX_BATCH_WAIT_MS=str(HOLD_MS), SERVE_GRACEFUL_SHUTDOWN_S="60")
+    server = start_server(models, SERVE_MAX_BATCH_WAIT_MS=str(HOLD_MS), SERVE_GRACEFUL_SHUTDOWN_S="60",
+                          SERVE_BATCH_SIZE_SEARCH="false")  # keep the roomy batch, so the wait holds all
     server.wait_ready()
     images = digits[:IN_FLIGHT]
     limits = httpx.Limits(max_connections=IN_FLIGHT)
