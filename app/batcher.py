@@ -3,7 +3,9 @@
 A request that reaches an idle batcher runs at once: on the worker thread, or, when `run_inline` says so
 (a lone request to a fast model), right on the event loop, which saves two thread hand-offs. While a batch
 runs, new requests queue, and the next batch takes as many of them as fit in `max_batch_size` rows, so
-batches grow with load on their own. The
+batches grow with load on their own. When the queue holds more than one batch and the batcher knows request
+lengths (`length_of`, for text), the next batch is the oldest request plus the queued ones closest to it in
+length, so padding stays small under mixed traffic; the oldest always goes first, so none starves. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
 when the deadline passes), and `drain()` stops intake and answers everything already queued.
 """
@@ -50,6 +52,7 @@ class Batcher(Generic[RequestT, ResultT]):
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_queue_change: Callable[[int], None] | None = None,
         run_inline: Callable[[], bool] | None = None,
+        length_of: Callable[[RequestT], int] | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -59,6 +62,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._on_batch = on_batch
         self._on_queue_change = on_queue_change
         self._run_inline = run_inline
+        self._length_of = length_of
         self._running = False  # a batch is on the worker thread
         self._queue: deque[_Pending[RequestT]] = deque()
         self._queued_rows = 0
@@ -165,13 +169,23 @@ class Batcher(Generic[RequestT, ResultT]):
                 return batch
 
     def _take_live_requests(self) -> list[_Pending[RequestT]]:
-        """Pop requests that fit in one batch, dropping those whose callers left or whose deadline passed."""
-        batch: list[_Pending[RequestT]] = []
-        rows = 0
+        """Pop the requests of the next batch, dropping those whose callers left or whose deadline passed."""
         now = time.perf_counter()
-        while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
-            pending = self._queue.popleft()
-            self._queued_rows -= pending.rows
+        self._drop_dead(now)
+        if self._length_of is not None and self._queued_rows > self.max_batch_size:
+            batch = self._pop_similar_lengths(self._length_of)
+        else:
+            batch = self._pop_oldest()
+        if self._on_queue_change:
+            self._on_queue_change(len(self._queue))
+        if self._on_batch and batch:
+            self._on_batch(sum(pending.rows for pending in batch), [now - pending.enqueued_at for pending in batch])
+        return batch
+
+    def _drop_dead(self, now: float) -> None:
+        """Forget requests whose callers gave up, and fail those still queued at their deadline."""
+        live: deque[_Pending[RequestT]] = deque()
+        for pending in self._queue:
             if pending.future.done():
                 continue
             if pending.deadline <= now:
@@ -179,12 +193,35 @@ class Batcher(Generic[RequestT, ResultT]):
                     DeadlineExceeded(f"model {self.name!r} could not start this request before its deadline")
                 )
                 continue
+            live.append(pending)
+        self._queue = live
+        self._queued_rows = sum(pending.rows for pending in live)
+
+    def _pop_oldest(self) -> list[_Pending[RequestT]]:
+        batch: list[_Pending[RequestT]] = []
+        rows = 0
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+            pending = self._queue.popleft()
             batch.append(pending)
             rows += pending.rows
-        if self._on_queue_change:
-            self._on_queue_change(len(self._queue))
-        if self._on_batch and batch:
-            self._on_batch(rows, [now - pending.enqueued_at for pending in batch])
+        self._queued_rows -= rows
+        return batch
+
+    def _pop_similar_lengths(self, length_of: Callable[[RequestT], int]) -> list[_Pending[RequestT]]:
+        """The oldest request, then the queued ones nearest to it in length while they fit."""
+        oldest = self._queue[0]
+        target = length_of(oldest.request)
+        batch, rows = [oldest], oldest.rows
+        by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(length_of(pending.request) - target))
+        for pending in by_closeness:
+            if rows + pending.rows <= self.max_batch_size:
+                batch.append(pending)
+                rows += pending.rows
+            if rows == self.max_batch_size:
+                break
+        taken = set(map(id, batch))
+        self._queue = deque(pending for pending in self._queue if id(pending) not in taken)
+        self._queued_rows -= rows
         return batch
 
     async def _wait_for_more(self) -> None:

@@ -61,6 +61,11 @@ class WorkRequest:
     output_names: tuple[str, ...] = ()
 
 
+def _longest_text(request: WorkRequest) -> int:
+    """A text request's length for length bucketing, in characters (a close proxy for tokens)."""
+    return max(map(len, request.inputs)) if request.kind == "text" else 0
+
+
 class ServedModel:
     """Loads, warms up and answers for one model version through its dynamic batcher."""
 
@@ -193,6 +198,7 @@ class ServedModel:
             on_batch=on_batch,
             on_queue_change=metrics.queue_depth.labels(name).set,
             run_inline=self._lone_request_runs_inline,
+            length_of=_longest_text if self._encoder is not None else None,
         )
         self._batcher.start()
         metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)

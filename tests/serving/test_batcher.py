@@ -1,0 +1,69 @@
+"""The batcher on its own, with a stand-in batch function: length bucketing and fairness.
+
+(The end-to-end tests drive it through a real server; here the order of batches is what is checked.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+from app.batcher import Batcher
+
+MAX_BATCH = 4
+
+
+def run_batches(lengths: list[int], length_aware: bool) -> list[list[int]]:
+    """Queue one request per length while a first batch blocks the worker, then record every batch."""
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def run(requests: Sequence[int]) -> list[int]:
+        if not batches:
+            release.wait(10)  # the first batch holds the worker until everything else is queued
+        batches.append(list(requests))
+        return list(requests)
+
+    async def main() -> list[int]:
+        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=MAX_BATCH, max_queue_size=100,
+                                             length_of=(lambda length: length) if length_aware else None)
+        batcher.start()
+        deadline = time.perf_counter() + 30
+        first = asyncio.create_task(batcher.submit(-1, 1, deadline))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(length, 1, deadline)) for length in lengths]
+        await asyncio.sleep(0.05)
+        release.set()
+        answers = await asyncio.gather(first, *rest)
+        await batcher.drain()
+        return answers
+
+    answers = asyncio.run(main())
+    assert answers == [-1, *lengths], "every request gets its own answer"
+    return batches[1:]
+
+
+LENGTHS = [10, 200, 12, 190, 11, 210, 13, 180, 205, 9, 195, 14]
+
+
+def test_queued_requests_are_grouped_by_length() -> None:
+    """While more than one batch waits, each batch holds similar lengths; the last one takes what is left."""
+    batches = run_batches(LENGTHS, length_aware=True)
+    assert sorted(length for batch in batches for length in batch) == sorted(LENGTHS)
+    for batch in batches[:-1]:
+        assert max(batch) - min(batch) <= 30, f"a batch mixes short and long requests: {batches}"
+
+
+def test_the_oldest_request_always_goes_in_the_next_batch() -> None:
+    batches = run_batches(LENGTHS, length_aware=True)
+    queued = list(LENGTHS)
+    for batch in batches:
+        assert queued[0] in batch, f"the oldest queued request ({queued[0]}) was passed over: {batches}"
+        queued = [length for length in queued if length not in batch]
+
+
+def test_without_lengths_batches_are_first_come_first_served() -> None:
+    batches = run_batches(LENGTHS, length_aware=False)
+    assert batches == [LENGTHS[i:i + MAX_BATCH] for i in range(0, len(LENGTHS), MAX_BATCH)]
