@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_TOP_K = 1000  # labels one answer may hold
+
 
 class PredictRequest(BaseModel):
     """JSON body of `POST /predict`: text, or base64-encoded images; one item or a list."""
@@ -22,7 +24,7 @@ class PredictRequest(BaseModel):
     )
 
     model: str | None = Field(default=None, description="model name; optional when one model of the kind is loaded")
-    top_k: int | None = Field(default=None, ge=1, le=1000, description="how many labels to return, best first")
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="how many labels to return, best first")
     text: str | list[str] | None = Field(default=None, description="a text, or a list of texts")
     image: str | list[str] | None = Field(default=None, description="a base64 image (or data: URL), or a list")
 

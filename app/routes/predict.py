@@ -5,22 +5,29 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api_schemas import BatchPredictResponse, PredictRequest, PredictResponse
+from app.api_schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
 from app.dependencies import require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.registry import ModelRegistry
+from app.routes.request_route import RequestRoute
 from app.settings import Settings
 
-router = APIRouter()
+router = APIRouter(route_class=RequestRoute)
 
 _OPENAPI_BODIES = {
+    "parameters": [
+        {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "model name; optional with one model of the kind"},
+        {"name": "top_k", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}, "description": "labels to return"},
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -32,7 +39,7 @@ _OPENAPI_BODIES = {
                         "file": {"type": "array", "items": {"type": "string", "format": "binary"},
                                  "description": "one or more image files"},
                         "model": {"type": "string"},
-                        "top_k": {"type": "integer", "minimum": 1},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
                     },
                     "required": ["file"],
                 }
@@ -90,10 +97,17 @@ async def _read_multipart(request: Request, settings: Settings) -> _Inputs:
         top_k = form.get("top_k")
     finally:
         await form.close()
-    if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
-        raise UnprocessableInput("top_k must be a positive integer")
     return _Inputs("image", images, len(images) > 1, model if isinstance(model, str) else None,
-                   int(top_k) if top_k else None)
+                   _parse_top_k(top_k, "form field top_k"))
+
+
+def _parse_top_k(value: object, where: str) -> int | None:
+    """A `top_k` sent as text (query string or form field): None when absent, else an integer in range."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isdigit() or not 1 <= int(value) <= MAX_TOP_K:
+        raise UnprocessableInput(f"invalid request: {where} must be an integer from 1 to {MAX_TOP_K}")
+    return int(value)
 
 
 def _check_limits(inputs: _Inputs, settings: Settings) -> None:
@@ -120,7 +134,6 @@ def _check_limits(inputs: _Inputs, settings: Settings) -> None:
     response_model=PredictResponse | BatchPredictResponse,
     tags=["predict"],
     summary="Classify an image or a text",
-    dependencies=[Depends(require_api_key)],
     openapi_extra=_OPENAPI_BODIES,
     responses={
         400: {"description": "the input cannot be used (not an image, bad base64, wrong model kind)"},
@@ -131,18 +144,17 @@ def _check_limits(inputs: _Inputs, settings: Settings) -> None:
         503: {"description": "model not ready, queue full, deadline passed or shutting down (see Retry-After)"},
     },
 )
-async def predict(
-    request: Request,
-    model: Annotated[str | None, Query(description="model name; optional with one model of the kind")] = None,
-    top_k: Annotated[int | None, Query(ge=1, le=1000, description="labels to return")] = None,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Classify text sent as JSON (`{"text": "..."}` or a list), or images sent as a multipart
     `file` upload, a raw `image/*` body, or base64 in JSON (`{"image": "..."}` or a list).
 
     One input gets one prediction; a list (or several files) gets `predictions` in the same order.
     """
+    await require_api_key(request)
     settings: Settings = request.app.state.settings
     registry: ModelRegistry = request.app.state.registry
+    model = request.query_params.get("model")
+    top_k = _parse_top_k(request.query_params.get("top_k"), "query parameter top_k")
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "application/json":
         inputs = await _read_json(request)

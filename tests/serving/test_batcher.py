@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from app.batcher import Batcher
+from app.errors import DeadlineExceeded
 
 MAX_BATCH = 4
 
@@ -67,3 +68,33 @@ def test_the_oldest_request_always_goes_in_the_next_batch() -> None:
 def test_without_lengths_batches_are_first_come_first_served() -> None:
     batches = run_batches(LENGTHS, length_aware=False)
     assert batches == [LENGTHS[i:i + MAX_BATCH] for i in range(0, len(LENGTHS), MAX_BATCH)]
+
+
+def test_a_request_past_its_deadline_gets_deadline_exceeded_and_never_runs() -> None:
+    """One request waits behind a slow batch past its deadline: it fails at the deadline, not after the
+    batch, and is not run afterwards; the slow batch's own request is still answered."""
+    ran: list[list[str]] = []
+
+    def run(requests: Sequence[str]) -> list[str]:
+        ran.append(list(requests))
+        if requests[0] == "slow":
+            time.sleep(0.6)
+        return list(requests)
+
+    async def main() -> tuple[str, BaseException | str, float]:
+        batcher: Batcher[str, str] = Batcher("test", run, max_batch_size=MAX_BATCH, max_queue_size=10)
+        batcher.start()
+        slow = asyncio.create_task(batcher.submit("slow", 1, time.perf_counter() + 30))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        late = await asyncio.gather(batcher.submit("late", 1, started + 0.2), return_exceptions=True)
+        waited = time.perf_counter() - started
+        answer = await slow
+        await batcher.drain()
+        return answer, late[0], waited
+
+    answer, late, waited = asyncio.run(main())
+    assert answer == "slow"
+    assert isinstance(late, DeadlineExceeded), late
+    assert 0.15 < waited < 0.5, f"the deadline error came after {waited:.2f} s"
+    assert ran == [["slow"]], f"a request past its deadline ran: {ran}"
