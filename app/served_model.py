@@ -129,6 +129,7 @@ class ServedModel:
             settings.provider_options,
             settings.intra_op_threads,
             settings.inter_op_threads,
+            spinning=settings.intra_op_spinning,
             strict=settings.providers.strip().lower() != "auto",
         )
         self.provider = self._session.get_providers()[0]
