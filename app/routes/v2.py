@@ -11,10 +11,13 @@ from fastapi.responses import JSONResponse
 from app.dependencies import get_registry, require_api_key
 from app.errors import InvalidInput, ModelNotFound
 from app.registry import ModelRegistry
+from app.routes.request_route import RequestRoute
 from app.served_model import NUMPY_DTYPES, ServedModel
 from app.v2_codec import CONFIG_DTYPE_TO_DATATYPE, HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+# `infer` is the hot path: a RequestRoute, documented by FastAPI but called directly (see request_route.py).
+infer_router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=RequestRoute)
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 SERVER_NAME = "onnx-classifier-serving"
 SERVER_VERSION = "0.1.0"
@@ -111,10 +114,18 @@ def _rows(model: ServedModel, tensors: dict[str, np.ndarray]) -> list[dict[str, 
     return [{name: array[index] for name, array in tensors.items()} for index in range(count)]
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)])
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)])
-async def infer(request: Request, registry: Registry, name: str, version: str | None = None) -> Response:
+def _path_parameters(*names: str) -> dict[str, Any]:
+    return {"parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                           for name in names]}
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_path_parameters("name"))
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_path_parameters("name", "version"))
+async def infer(request: Request) -> Response:
     """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
+    await require_api_key(request)
+    registry: ModelRegistry = request.app.state.registry
+    name, version = request.path_params["name"], request.path_params.get("version")
     model = _model(registry, name, version)
     request.state.model = model.name
     inference, tensors = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
