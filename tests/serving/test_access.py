@@ -33,6 +33,9 @@ def test_predict_without_the_key_is_401(keyed_server: ServerProcess, digits: lis
         assert_json_error(client.post("/predict", json={"image": b64(digits[0])}), 401, "unauthorized")
         assert_json_error(client.get("/models"), 401, "unauthorized")
         assert_json_error(client.get("/v2/models/anything"), 401, "unauthorized")
+        infer = {"inputs": [{"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                             "data": [0.0] * 784}]}
+        assert_json_error(client.post("/v2/models/mnist-cnn/infer", json=infer), 401, "unauthorized")
 
 
 @pytest.mark.parametrize("headers", [{"X-API-Key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"},
