@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serving.support import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +53,30 @@ def run_tool(command: Sequence[str], *, cwd: Path = REPO_ROOT, timeout: float = 
         pytest.fail(f"`{' '.join(map(str, command))}` exited {result.returncode}\n"
                     f"--- stdout ---\n{result.stdout[-10_000:]}\n--- stderr ---\n{result.stderr[-10_000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Sample names of a real server's /metrics, serving the bundled models, with each one's label names,
+    after an image, a text, a refused request and a v2 inference (so every labelled series exists)."""
+    server = ServerProcess(REPO_ROOT / "models", tmp_path_factory.mktemp("live-server"), {"SERVE_WARMUP_RUNS": "0"})
+    try:
+        server.start().wait_ready()
+        with server.client() as client:
+            digit = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
+            answers = [
+                client.post("/predict", files={"file": ("digit-7.png", digit, "image/png")}),
+                client.post("/predict", json={"text": "a gripping, beautifully acted film"}),
+                client.post("/v2/models/mnist-cnn/infer", json={"inputs": [
+                    {"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}),
+            ]
+            assert [answer.status_code for answer in answers] == [200, 200, 200], [a.text for a in answers]
+            assert client.post("/predict", json={"text": ""}).status_code == 422
+            text = client.get("/metrics").text
+    finally:
+        server.stop()
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    return names

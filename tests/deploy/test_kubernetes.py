@@ -416,32 +416,6 @@ def test_adapter_query_is_valid_promql(tmp_path: Path) -> None:
     run_tool([find_tool("promtool"), "check", "rules", str(path)])
 
 
-@pytest.fixture(scope="module")
-def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Sample names of a real server's /metrics after one inference, with each one's label names."""
-    from tests.serving.support import ServerProcess
-
-    server = ServerProcess(REPO_ROOT / "models", tmp_path_factory.mktemp("server"),
-                           {"SERVE_MODELS": "mnist-cnn", "SERVE_WARMUP_RUNS": "0"})
-    try:
-        server.start().wait_ready()
-        with server.client() as client:
-            tensor = {"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                      "data": [0.0] * 784}
-            answer = client.post("/v2/models/mnist-cnn/infer", json={"inputs": [tensor]})
-            assert answer.status_code == 200, answer.text
-            text = client.get("/metrics").text
-    finally:
-        server.stop()
-    from prometheus_client.parser import text_string_to_metric_families
-
-    names: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            names.setdefault(sample.name, set()).update(sample.labels)
-    return names
-
-
 def test_adapter_rule_reads_a_metric_the_service_exports(live_metrics: dict[str, set[str]]) -> None:
     for rule in adapter_rules():
         name = series_name(rule)

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serving.support import ServerProcess, free_port, wait_for_states
 
@@ -146,32 +145,6 @@ def selector_labels(expr: str) -> dict[str, set[str]]:
         labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*[\"'`]", match["matchers"]))
         found.setdefault(match["name"], set()).update(labels)
     return found
-
-
-# A live scrape ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Sample names of the real server's /metrics, serving the bundled models, with each one's label names,
-    after an image, a text and a refused request (so every labelled series, errors included, exists)."""
-    server = ServerProcess(MODELS_DIR, tmp_path_factory.mktemp("live-server"), {"SERVE_WARMUP_RUNS": "0"})
-    try:
-        server.start().wait_ready()
-        with server.client() as client:
-            answer = client.post("/predict", files={"file": ("digit-7.png", DIGIT.read_bytes(), "image/png")})
-            assert answer.status_code == 200, answer.text
-            answer = client.post("/predict", json={"text": "a gripping, beautifully acted film"})
-            assert answer.status_code == 200, answer.text
-            assert client.post("/predict", json={"text": ""}).status_code == 422
-            text = client.get("/metrics").text
-    finally:
-        server.stop()
-    names: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            names.setdefault(sample.name, set()).update(sample.labels)
-    return names
 
 
 # promtool -----------------------------------------------------------------------------------------------
