@@ -45,7 +45,8 @@ def podman() -> Iterator[list[str]]:
 
 @pytest.fixture(scope="module")
 def image(podman: list[str]) -> Iterator[str]:
-    """The `cpu` target built on the local base image; removed afterwards (the base image is kept as a cache)."""
+    """The `cpu` target built on the local base image; removed afterwards with its build stage's untagged
+    image, so repeated runs do not fill the disk (the base image is kept: making it takes a minute)."""
     run_tool([str(REPO_ROOT / "scripts" / "local-base-image.sh"), BASE_IMAGE], timeout=BUILD_TIMEOUT_S)
     tag = f"localhost/onnx-classifier-serving-test:{uuid.uuid4().hex[:12]}"
     run_tool([*podman, "build", "--format", "docker", "--network", "host",
@@ -54,6 +55,7 @@ def image(podman: list[str]) -> Iterator[str]:
              timeout=BUILD_TIMEOUT_S)
     yield tag
     run_tool([*podman, "rmi", "--force", tag], check=False)
+    run_tool([*podman, "image", "prune", "--force"], check=False)
 
 
 @pytest.fixture
