@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,22 @@ _ALIASES = {"cpu": CPU, "cuda": CUDA}
 # H100 with the bundled CNN), and dynamic batching makes new shapes all the time; the heuristic choice costs
 # about 11 ms once and ran as fast afterwards.
 DEFAULT_PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit).
+
+    ONNX Runtime's own default counts the machine's cores, so a pinned or CPU-limited server would run more
+    compute threads than it has CPUs, and they would wait for each other.
+    """
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return count
+    if quota == "max":
+        return count
+    return max(1, min(count, math.ceil(int(quota) / int(period))))
 
 
 class ProviderUnavailable(RuntimeError):
@@ -62,7 +80,7 @@ def create_session(
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = intra_op_threads or usable_cpus()
     options.inter_op_num_threads = inter_op_threads
     # Spinning threads keep their cores busy between runs, taking them from the event loop that feeds them.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")

@@ -61,9 +61,8 @@ class WorkRequest:
     output_names: tuple[str, ...] = ()
 
 
-def _longest_text(request: WorkRequest) -> int:
-    """A text request's length for length bucketing, in characters (a close proxy for tokens)."""
-    return max(map(len, request.inputs)) if request.kind == "text" else 0
+# English text averages about 4 characters per BPE or WordPiece token.
+CHARACTERS_PER_TOKEN = 4
 
 
 class ServedModel:
@@ -199,12 +198,19 @@ class ServedModel:
             on_batch=on_batch,
             on_queue_change=metrics.queue_depth.labels(name).set,
             run_inline=self._lone_request_runs_inline,
-            length_of=_longest_text if self._encoder is not None else None,
+            length_of=self._text_length if self._encoder is not None else None,
         )
         self._batcher.start()
         metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)
         metrics.max_batch_size.labels(name).set(self.max_batch_size)
         self.state = ModelState.READY
+
+    def _text_length(self, request: WorkRequest) -> int:
+        """A text request's length for length bucketing, in characters (a proxy for tokens) up to where the
+        tokenizer truncates: texts cut to `max_length` tokens are all equally long, so they keep their order."""
+        if request.kind != "text":
+            return 0
+        return min(max(map(len, request.inputs)), self.config.preprocessing.max_length * CHARACTERS_PER_TOKEN)
 
     def _lone_request_runs_inline(self) -> bool:
         """Whether a request reaching the idle batcher runs on the event loop (see INLINE_MAX_SECONDS)."""

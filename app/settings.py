@@ -34,7 +34,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON object of provider name to options, e.g. {"CUDAExecutionProvider": {"device_id": 0}}',
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="threads per inference; 0 lets ONNX Runtime pick")
+    intra_op_threads: int = Field(
+        default=0, ge=0,
+        description="threads per inference; 0: one per CPU the process may use (affinity and cgroup CPU quota)",
+    )
     inter_op_threads: int = Field(default=0, ge=0)
     intra_op_spinning: bool = Field(
         default=False,
