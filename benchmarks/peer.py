@@ -120,6 +120,8 @@ class Cell:
     client_cpu_percent: float
     server_wait_percent: float  # time the server's threads waited for a CPU (each other or other processes)
     client_wait_percent: float  # time the load generator waited for a CPU: other processes took it
+    others_on_server_cpus_percent: float  # CPU time of other processes (and steal) on the server CPUs
+    others_on_client_cpus_percent: float  # ... and on the load generator's CPUs
     peak_rss_mb: float | None
     service: dict[str, float | None] = field(default_factory=dict)
     ceiling_items_per_s: float | None = None
@@ -143,18 +145,18 @@ def cpu_list(text: str) -> set[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--models", nargs="+", choices=list(CASES), default=list(CASES),
-        help="model cases to run (resnet18 and minilm-* need benchmarks/build_models.py first)")
-    add("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers, in the order they run")
+        help="model cases to run (default: all; resnet18 and minilm-* need benchmarks/build_models.py first)")
+    add("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers, in the order they run (default: %(default)s)")
     add("--reverse", action="store_true", help="run the servers in the reverse order (ratios under drift)")
     add("--concurrency", nargs="+", type=int, default=[1, 8, 32, 128],
-        help="closed-loop connections per cell; the first level runs again after the last (hysteresis)")
+        help="closed-loop connections per cell; the first level runs again after the last (hysteresis)"
+             " (default: %(default)s)")
     add("--duration", type=float, default=None, help="seconds of measured load per cell (default: 8, --quick: 1)")
     add("--trivial-duration", type=float, default=3.0,
-        help="measured window of the trivial server's cells (thousands of answers a second; at most --duration)")
+        help="measured window of the trivial server's cells, at most --duration (default: %(default)s)")
     add("--warmup", type=float, default=None,
         help="seconds of unmeasured load before each cell's window (default: 2, --quick: 0.3)")
     add("--ceiling-seconds", type=float, default=None,
@@ -169,9 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a setting for the service (repeatable); the naive servers read the ONNX Runtime ones too")
     add("--client-cpus", type=cpu_list, default=None, help="CPUs of the load generator (default: the first)")
     add("--server-cpus", type=cpu_list, default=None, help="CPUs of the servers (default: all the others)")
-    add("--built-models-dir", type=Path, default=BUILT_MODELS, help="where build_models.py wrote its models")
-    add("--results-dir", type=Path, default=REPO / "benchmarks" / "results", help="JSON and Markdown results")
-    add("--plots-dir", type=Path, default=REPO / "docs" / "benchmarks", help="one PNG per model case")
+    add("--built-models-dir", type=Path, default=BUILT_MODELS, help="where build_models.py wrote its models (default: %(default)s)")
+    add("--results-dir", type=Path, default=REPO / "benchmarks" / "results", help="JSON and Markdown results (default: %(default)s)")
+    add("--plots-dir", type=Path, default=REPO / "docs" / "benchmarks", help="one PNG per model case (default: %(default)s)")
     add("--no-plots", action="store_true", help="write no plots")
     add("--replot", type=Path, metavar="RESULTS.json",
         help="only redraw the plots (into --plots-dir) and reprint the tables of an earlier results file")
@@ -233,6 +235,17 @@ def tree_cpu_s(root: int) -> float:
         fields = stat[stat.rfind(")") + 2:].split()
         total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
+
+
+def cpu_busy_s(cpus: set[int]) -> float:
+    """Seconds the given CPUs were busy (or stolen by the hypervisor) since boot, from /proc/stat."""
+    busy = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(value) for value in fields]
+            busy += sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait (guest time is in user)
+    return busy / CLOCK_TICKS
 
 
 def tree_waits(root: int) -> dict[str, int]:
@@ -385,16 +398,21 @@ def percentile_ms(latencies: list[float], q: float) -> float | None:
 
 
 async def run_cell(server: Server, generator: LoadGenerator, case: Case, concurrency: int, step: int, again: bool,
-                   window_s: float, args: argparse.Namespace, collect: dict[int, bytes] | None) -> Cell:
+                   window_s: float, args: argparse.Namespace, collect: dict[int, bytes] | None,
+                   cpus: tuple[set[int], set[int]]) -> Cell:
     """One warm-up + measured window, with server CPU, RSS and (service) /metrics over exactly the window."""
     marks: dict[str, Any] = {}
 
+    client_cpus, server_cpus = cpus
+
     async def window_start() -> None:
+        marks["busy0"] = cpu_busy_s(server_cpus), cpu_busy_s(client_cpus)
         marks["cpu0"], marks["wait0"] = tree_cpu_s(server.pid), tree_waits(server.pid)
         if server.name == "service":
             marks["metrics0"] = await read_service_metrics(server.port)
 
     async def window_end() -> None:
+        marks["busy1"] = cpu_busy_s(server_cpus), cpu_busy_s(client_cpus)
         marks["cpu1"], marks["wait1"] = tree_cpu_s(server.pid), tree_waits(server.pid)
         marks["rss"] = tree_peak_rss_mb(server.pid)
         if server.name == "service":
@@ -416,13 +434,19 @@ async def run_cell(server: Server, generator: LoadGenerator, case: Case, concurr
         client_cpu_percent=100 * result.client_cpu_s / result.window_s,
         server_wait_percent=100 * wait_delta_s(marks["wait0"], marks["wait1"]) / result.window_s,
         client_wait_percent=100 * result.client_wait_s / result.window_s,
+        others_on_server_cpus_percent=max(0.0, 100 * (marks["busy1"][0] - marks["busy0"][0] - server_cpu)
+                                          / result.window_s) if server_cpus.isdisjoint(client_cpus) else 0.0,
+        others_on_client_cpus_percent=max(0.0, 100 * (marks["busy1"][1] - marks["busy0"][1] - result.client_cpu_s)
+                                          / result.window_s) if server_cpus.isdisjoint(client_cpus) else 0.0,
         peak_rss_mb=marks["rss"], service=service,
     )
     print(f"  {case.name:12} {server.name:11} c={cell.label:8} {cell.requests_per_s:9.1f} req/s"
           f"  p50 {fmt(cell.p50_ms)}  p99 {fmt(cell.p99_ms)} ms  errors {cell.errors}"
           f"  batch {fmt(batch, 2)}  server CPU {cell.server_cpu_percent:.0f}%"
           f" ({fmt(cell.server_cpu_ms_per_request, 2)} ms/req, waited {cell.server_wait_percent:.0f}%)"
-          f"  client CPU {cell.client_cpu_percent:.0f}% (waited {cell.client_wait_percent:.0f}%)",
+          f"  client CPU {cell.client_cpu_percent:.0f}% (waited {cell.client_wait_percent:.0f}%)"
+          f"  others' CPU on server/client CPUs {cell.others_on_server_cpus_percent:.0f}%"
+          f"/{cell.others_on_client_cpus_percent:.0f}%",
           flush=True)
     return cell
 
@@ -459,7 +483,7 @@ def requests_for(server: str, port: int, case: Case, inputs: InputSet) -> list[b
 
 
 async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse.Namespace, cpus: set[int],
-                   settings: Settings, logs: Path) -> dict[str, Any]:
+                   settings: Settings, logs: Path, client_cpus: set[int]) -> dict[str, Any]:
     """Every server at every level for one case, with the ceiling before the first server and after each."""
     config = load_config(model_dir)
     rows = ceiling_module.model_rows(config, model_dir, inputs.items)
@@ -483,7 +507,8 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
             for step, concurrency in enumerate(levels):
                 collect = answers[name].setdefault(step, {}) if name != "trivial" else None
                 cells.append(await run_cell(server, generator, case, concurrency, step,
-                                            step == len(levels) - 1 and len(levels) > 1, window, args, collect))
+                                            step == len(levels) - 1 and len(levels) > 1, window, args, collect,
+                                            (client_cpus, cpus)))
         finally:
             server.stop()
         ceilings.append(measure_ceiling(f"after {name}", config, model_dir, rows, cpus, settings, args))
@@ -568,23 +593,33 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def ratio(value: float | None) -> str:
     if value is None:
         return "—"
+    if value < 0.1:
+        return f"{value:.1%}"
     return f"{value:.0%}" if value < 10 else f"{value:.0f}x"
 
 
-def machine_info(load_at_start: tuple[float, ...], client: set[int], servers: set[int]) -> dict[str, Any]:
-    import onnxruntime
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+def git_commit() -> str:
+    """The commit of the tree (read-only git commands), marked when tracked files have uncommitted changes."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=False).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True, check=False).stdout.strip()
+    return commit + ("+uncommitted changes" if dirty else "")
+
+
+def machine_info(load_at_start: tuple[float, ...], client: set[int], servers: set[int], started: str,
+                 commit_at_start: str) -> dict[str, Any]:
+    import onnxruntime
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    commit_at_end = git_commit()
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": started,
         "cpu_model": model[1].strip() if model else platform.processor(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__, "git_commit": commit + ("+uncommitted changes" if dirty else ""),
+        "onnxruntime": onnxruntime.__version__, "git_commit": commit_at_start,
+        "git_commit_at_end": commit_at_end,  # differs when the tree changed during the run
         "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         "client_cpus": sorted(client), "server_cpus": sorted(servers),
         "load_generator": "closed-loop asyncio HTTP/1.1 keep-alive client (benchmarks/loadgen.py), in this process",
@@ -595,10 +630,12 @@ def markdown(results: dict[str, Any]) -> str:
     info, settings = results["machine"], results["settings"]
     load0, load1 = (", ".join(f"{x:.2f}" for x in info[key]) for key in ("load_average_at_start",
                                                                          "load_average_at_end"))
+    end_commit = info.get("git_commit_at_end", info["git_commit"])
+    changed = f" (the tree changed during the run: {end_commit} at the end)" if end_commit != info["git_commit"] else ""
     lines = [
         "# Peer benchmark", "",
         (f"{info['date']} · {info['cpu_model']} · {info['cpu_count']} CPUs · onnxruntime {info['onnxruntime']}"
-        f" · Python {info['python']} · commit {info['git_commit']} · load average {load0} at the start,"
+        f" · Python {info['python']} · commit {info['git_commit']}{changed} · load average {load0} at the start,"
         f" {load1} at the end · {results['elapsed_s'] / 60:.1f} min in all"), "",
         (f"Pinning: load generator on CPU {info['client_cpus']}, every server on CPU {info['server_cpus']}"
         f" (the ceiling's session too). Measured windows of {settings['duration']:g} s (trivial server:"
@@ -609,7 +646,9 @@ def markdown(results: dict[str, Any]) -> str:
         ("req/s: 2xx answers per second in the window. Server CPU: user+system time of the server's process tree"
         " over the window (% of one CPU, and ms per answered request). Client CPU: the load generator's"
         " process. CPU wait: time runnable threads waited for a CPU (/proc schedstat), % of the window; the"
-        " client's is time other processes took from it (above a few %, the machine was busy). ÷ceiling: req/s over the in-process `session.run` rate at its best batch size (mean of the"
+        " client's is time other processes took from it (above a few %, the machine was busy). Others' CPU:"
+        " busy time of the server and the client CPUs (/proc/stat, steal included) not spent by the server or the"
+        " load generator, % of one CPU: other tenants; above a few %, the cell is suspect. ÷ceiling: req/s over the in-process `session.run` rate at its best batch size (mean of the"
         " measurements before and after that server). ÷naive def / ÷naive async / ÷trivial: req/s over that"
         " server's at the same step. \"1 again\": the first level, run right after the highest."), "",
     ]
@@ -618,13 +657,20 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def others(cell: dict[str, Any]) -> str:
+    """Other processes' CPU time on the server and client CPUs (absent from older results files)."""
+    if "others_on_server_cpus_percent" not in cell:
+        return "—"
+    return f"{cell['others_on_server_cpus_percent']:.0f}% / {cell['others_on_client_cpus_percent']:.0f}%"
+
+
 def case_markdown(case: dict[str, Any]) -> list[str]:
     lines = [f"## {case['case']['name']}", "",
              (f"{case['case']['about']}. Model `{case['model']}` v{case['version']} (max_batch_size"
              f" {case['max_batch_size']}); inputs: {case['inputs']['source']}."), "",
              ("| server | c | window s | req/s | p50 ms | p95 ms | p99 ms | errors | batch | server CPU | ms CPU/req"
-             " | client CPU | CPU wait srv/cli | peak RSS MB | ÷ceiling | ÷naive def | ÷naive async | ÷trivial |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " | client CPU | CPU wait srv/cli | others' CPU srv/cli | peak RSS MB | ÷ceiling | ÷naive def | ÷naive async | ÷trivial |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in case["cells"]:
         label = f"{c['concurrency']} again" if c["again"] else str(c["concurrency"])
         r = c["ratios"]
@@ -633,6 +679,7 @@ def case_markdown(case: dict[str, Any]) -> list[str]:
             f" | {fmt(c['p99_ms'], 2)} | {c['errors']} | {fmt(c['mean_batch_size'], 2)}"
             f" | {c['server_cpu_percent']:.0f}% | {fmt(c['server_cpu_ms_per_request'], 2)}"
             f" | {c['client_cpu_percent']:.0f}% | {c['server_wait_percent']:.0f}% / {c['client_wait_percent']:.0f}%"
+            f" | {others(c)}"
             f" | {fmt(c['peak_rss_mb'], 0)} | {ratio(r.get('ceiling'))}"
             f" | {ratio(r.get('naive-def'))} | {ratio(r.get('naive-async'))} | {ratio(r.get('trivial'))} |")
     lines += ["", "Ceiling (in-process `session.run`, items/s by batch size):", "",
@@ -670,7 +717,7 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
@@ -703,11 +750,12 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
                         fontsize=8)
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8, loc="lower left")
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels))
     figure.suptitle(f"{case['case']['name']}: {case['case']['about']}\n{info['cpu_model']}, servers on CPU"
                     f" {info['server_cpus']}, load generator on CPU {info['client_cpus']}, {info['date'][:16]} UTC,"
                     f" commit {info['git_commit']}", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{case['case']['name']}.png"
     figure.savefig(path, dpi=110)
@@ -727,6 +775,7 @@ def model_directory(case: Case, args: argparse.Namespace) -> Path | None:
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     load_at_start = os.getloadavg()
+    started_at, commit_at_start = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), git_commit()
     client, servers = pinning(args)
     os.sched_setaffinity(0, client)
     settings = service_settings(args)
@@ -749,13 +798,14 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 input_sets[case.inputs] = input_set(case.inputs, case.count, args.builtin_sentences)
             try:
                 results.append(await run_case(case, directory, input_sets[case.inputs], args, servers, settings,
-                                              Path(tmp)))
+                                              Path(tmp), client))
             except RuntimeError as exc:
                 print(f"{case.name} failed: {exc}", file=sys.stderr)
                 skipped[case.name] = str(exc)[:2000]
     summary_settings = {key: str(value) if isinstance(value, Path) else sorted(value) if isinstance(value, set)
                         else value for key, value in vars(args).items()}
-    return {"machine": machine_info(load_at_start, client, servers), "settings": summary_settings,
+    return {"machine": machine_info(load_at_start, client, servers, started_at, commit_at_start),
+            "settings": summary_settings,
             "skipped": skipped, "cases": results, "elapsed_s": time.perf_counter() - started}
 
 
