@@ -61,6 +61,25 @@ class WorkRequest:
     output_names: tuple[str, ...] = ()
 
 
+def collate(rows: Sequence[Row], pad_values: dict[str, int], left: bool = False) -> dict[str, np.ndarray]:
+    """Stack rows into batch tensors, padding sequences to the longest row in this batch."""
+    feeds = {}
+    for name in rows[0]:
+        arrays = [row[name] for row in rows]
+        if all(array.shape == arrays[0].shape for array in arrays):
+            feeds[name] = np.stack(arrays)
+            continue
+        longest = max(array.shape[-1] for array in arrays)
+        batch = np.full((len(arrays), longest), pad_values.get(name, 0), dtype=arrays[0].dtype)
+        for position, array in enumerate(arrays):
+            if left:
+                batch[position, longest - array.shape[-1]:] = array
+            else:
+                batch[position, :array.shape[-1]] = array
+        feeds[name] = batch
+    return feeds
+
+
 # English text averages about 4 characters per BPE or WordPiece token.
 CHARACTERS_PER_TOKEN = 4
 
@@ -326,23 +345,8 @@ class ServedModel:
         return rows
 
     def _collate(self, rows: list[Row]) -> dict[str, np.ndarray]:
-        """Stack rows into batch tensors, padding sequences to the longest row in this batch."""
-        feeds = {}
-        left = self.config.preprocessing.type == "text" and self.config.preprocessing.padding_side == "left"
-        for name in self._input_specs:
-            arrays = [row[name] for row in rows]
-            if all(array.shape == arrays[0].shape for array in arrays):
-                feeds[name] = np.stack(arrays)
-                continue
-            longest = max(array.shape[-1] for array in arrays)
-            batch = np.full((len(arrays), longest), self._pad_values[name], dtype=arrays[0].dtype)
-            for position, array in enumerate(arrays):
-                if left:
-                    batch[position, longest - array.shape[-1]:] = array
-                else:
-                    batch[position, :array.shape[-1]] = array
-            feeds[name] = batch
-        return feeds
+        spec = self.config.preprocessing
+        return collate(rows, self._pad_values, left=spec.type == "text" and spec.padding_side == "left")
 
     def _answer(self, request: WorkRequest, outputs: list[np.ndarray]) -> list[Any]:
         if request.answer == "tensors":

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from app.batch_tuning import candidate_sizes
 from app.image_decoding import decode_image
 from app.runtime import CPU, create_session
+from app.served_model import Row, collate
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig
-
-Row = dict[str, np.ndarray]
 
 
 @dataclass
@@ -62,32 +62,6 @@ def model_rows(config: ModelConfig, directory: Path, items: list[bytes] | list[s
     return [{name: decode_image(data, config.preprocessing, 10**9)} for data in items]
 
 
-def collate(rows: list[Row], pad_values: dict[str, int], left: bool = False) -> dict[str, np.ndarray]:
-    """Stack rows, padding sequences to the longest row (the service's `_collate`)."""
-    feeds = {}
-    for name in rows[0]:
-        arrays = [row[name] for row in rows]
-        if all(array.shape == arrays[0].shape for array in arrays):
-            feeds[name] = np.stack(arrays)
-            continue
-        longest = max(array.shape[-1] for array in arrays)
-        batch = np.full((len(arrays), longest), pad_values.get(name, 0), dtype=arrays[0].dtype)
-        for position, array in enumerate(arrays):
-            if left:
-                batch[position, longest - array.shape[-1]:] = array
-            else:
-                batch[position, :array.shape[-1]] = array
-        feeds[name] = batch
-    return feeds
-
-
-def batch_sizes(max_batch_size: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] * 2 < max_batch_size:
-        sizes.append(sizes[-1] * 2)
-    return sorted({*sizes, max_batch_size})
-
-
 def measure(config: ModelConfig, directory: Path, rows: list[Row], cpus: set[int], settings: Settings,
             threads: int | None, seconds_per_size: float, max_batch_size: int | None = None) -> CeilingResult:
     """Time each batch size for about `seconds_per_size` (at least 2 runs after 1 untimed), best kept.
@@ -105,7 +79,7 @@ def measure(config: ModelConfig, directory: Path, rows: list[Row], cpus: set[int
         left = getattr(config.preprocessing, "padding_side", "right") == "left"
         curve: dict[int, float] = {}
         below = 0
-        for size in batch_sizes(max_batch_size or config.max_batch_size):
+        for size in candidate_sizes(max_batch_size or config.max_batch_size):
             batches = [collate([rows[(start + i) % len(rows)] for i in range(size)], pad, left)
                        for start in range(0, max(len(rows), size), size)][:64]
             session.run(outputs, batches[0])  # untimed: first run of this shape
