@@ -1,7 +1,8 @@
 """A dynamic batcher: merges concurrent requests for one model into as few `session.run` calls as it can.
 
-A request that reaches an idle batcher runs at once: on the worker thread, or, when `run_inline` says so
-(a lone request to a fast model), right on the event loop, which saves two thread hand-offs. While a batch
+A request that reaches an idle batcher runs at once. Each batch runs on the worker thread, or, when
+`run_inline(rows)` says so (a short batch), right on the event loop, which saves two thread hand-offs and,
+on a single CPU, the loop and the thread taking turns at the GIL. While a batch
 runs, new requests queue, and the next batch takes as many of them as fit in `max_batch_size` rows, so
 batches grow with load on their own. When the queue holds more than one batch and the batcher knows request
 lengths (`length_of`, for text), the next batch is the oldest request plus the queued ones closest to it in
@@ -51,7 +52,7 @@ class Batcher(Generic[RequestT, ResultT]):
         max_wait_s: float = 0.0,
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_queue_change: Callable[[int], None] | None = None,
-        run_inline: Callable[[], bool] | None = None,
+        run_inline: Callable[[int], bool] | None = None,
         length_of: Callable[[RequestT], int] | None = None,
     ) -> None:
         self.name = name
@@ -63,7 +64,8 @@ class Batcher(Generic[RequestT, ResultT]):
         self._on_queue_change = on_queue_change
         self._run_inline = run_inline
         self._length_of = length_of
-        self._running = False  # a batch is on the worker thread
+        self._running = False  # a batch is running (on the worker thread or the loop)
+        self._claimed = False  # a lone request is about to run on the event loop
         self._queue: deque[_Pending[RequestT]] = deque()
         self._queued_rows = 0
         self._arrival = asyncio.Event()
@@ -92,15 +94,23 @@ class Batcher(Generic[RequestT, ResultT]):
             raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
         if rows > self.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}")
-        if self._run_inline is not None and self._idle() and self._run_inline():
-            # One turn of the loop first, so requests the server has already read get counted and queued:
-            # without it, running inline would keep them unread and every request would look like a lone one.
-            await asyncio.sleep(0)
-            if self._idle() and self._run_inline():
+        first_in_line = self._run_inline is not None and self._idle() and self._run_inline(rows)
+        if first_in_line:
+            # Claim the batcher, then give the loop one turn, so requests the server has already read queue
+            # up behind this one: without it, each would find the batcher idle and run as a lone request.
+            self._claimed = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._claimed = False
+            if not self._queue and self._run_inline(rows):
                 return self._run_now(request, rows)
         loop = asyncio.get_running_loop()
         pending = _Pending(request, rows, deadline, loop.create_future())
-        self._queue.append(pending)
+        if first_in_line:  # others queued during its turn: it goes first in their batch
+            self._queue.appendleft(pending)
+        else:
+            self._queue.append(pending)
         self._queued_rows += rows
         self._arrival.set()
         if self._on_queue_change:
@@ -119,7 +129,7 @@ class Batcher(Generic[RequestT, ResultT]):
             )
 
     def _idle(self) -> bool:
-        return not self._running and not self._queue
+        return not self._running and not self._claimed and not self._queue
 
     def _run_now(self, request: RequestT, rows: int) -> ResultT:
         """Run one request as a batch of its own on the calling (event loop) thread."""
@@ -144,9 +154,14 @@ class Batcher(Generic[RequestT, ResultT]):
             batch = await self._next_batch()
             if not batch:
                 return
+            requests = [pending.request for pending in batch]
+            inline = self._run_inline is not None and self._run_inline(sum(pending.rows for pending in batch))
             self._running = True
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._run_batch, [p.request for p in batch])
+                if inline:
+                    outcomes = self._run_batch(requests)
+                else:
+                    outcomes = await loop.run_in_executor(self._executor, self._run_batch, requests)
             except Exception as exc:  # noqa: BLE001 - the batch function broke: each request gets the error
                 outcomes = [exc] * len(batch)
             finally:
@@ -158,6 +173,8 @@ class Batcher(Generic[RequestT, ResultT]):
                     pending.future.set_exception(outcome)
                 else:
                     pending.future.set_result(outcome)
+            if inline:  # let the answers go out and the requests that came in meanwhile queue up
+                await asyncio.sleep(0)
 
     async def _next_batch(self) -> list[_Pending[RequestT]]:
         """Wait for work, then take up to `max_batch_size` rows of live requests; [] once drained."""

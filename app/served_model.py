@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
 from app.image_decoding import decode_image
 from app.metrics import Metrics
-from app.runtime import CUDA, ProviderUnavailable, create_session, ort, requested_providers
+from app.runtime import CPU, CUDA, ProviderUnavailable, create_session, ort, requested_providers, usable_cpus
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
@@ -32,6 +33,10 @@ Row = dict[str, np.ndarray]
 # fast: two thread hand-offs cost 0.2-0.3 ms, as much as a small model's whole inference, while blocking the
 # loop this long is harmless.
 INLINE_MAX_SECONDS = 0.002
+# With a single CPU, a worker thread adds no parallelism: it only takes turns with the event loop at the GIL.
+# Every batch measured at warm-up to take at most this long then runs on the loop; longer ones keep the
+# thread, so the loop still answers health probes while a heavy model computes.
+SINGLE_CPU_INLINE_MAX_SECONDS = 0.02
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype(np.float32),
@@ -109,6 +114,7 @@ class ServedModel:
         if config.preprocessing.type == "text":
             self._pad_values[TEXT_INPUT_IDS] = config.preprocessing.pad_token_id
         self._batcher: Batcher[WorkRequest, Any] | None = None
+        self._single_cpu = False  # set once the session exists: runs on the CPU, in a process with one CPU
 
     # Loading -----------------------------------------------------------------------------------------
 
@@ -151,6 +157,10 @@ class ServedModel:
             strict=settings.providers.strip().lower() != "auto",
         )
         self.provider = self._session.get_providers()[0]
+        self._single_cpu = self.provider == CPU and usable_cpus() == 1
+        if self._single_cpu:
+            # The tokenizer's thread pool would only take turns with this thread on the one CPU.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         graph_inputs = {item.name for item in self._session.get_inputs()}
         graph_outputs = {item.name for item in self._session.get_outputs()}
         if graph_inputs != set(self._input_specs):
@@ -184,9 +194,12 @@ class ServedModel:
                         ", ".join(f"{t.batch_size}: {t.items_per_s:.0f}" for t in self.batch_curve))
 
     def _run_warm_up_batch(self, rows: int) -> None:
-        """One batch of `rows` typical inputs: zero tensors, or texts half as long as `max_length` allows."""
+        """One batch of `rows` inputs: zero tensors, or texts as long as `max_length` allows. Texts are timed at
+        full length, the worst case: MiniLM-L6 on one CPU keeps its items/s up to 8 rows of 128 tokens but
+        to 16 rows of 64, so sizes chosen at half length would slow full-length traffic by 17%, while sizes
+        chosen at full length cost short texts 2% (measured in-process; docs/benchmarks.md)."""
         if self._encoder is not None:
-            words = max(1, self.config.preprocessing.max_length // 2)
+            words = self.config.preprocessing.max_length
             request = WorkRequest("text", [" ".join(["the"] * words)] * rows, "predictions")
         else:
             request = WorkRequest("tensor", [self._zero_row()] * rows, "predictions")
@@ -216,7 +229,7 @@ class ServedModel:
             max_wait_s=self._settings.max_batch_wait_ms / 1000,
             on_batch=on_batch,
             on_queue_change=metrics.queue_depth.labels(name).set,
-            run_inline=self._lone_request_runs_inline,
+            run_inline=self._batch_runs_inline,
             length_of=self._text_length if self._encoder is not None else None,
         )
         self._batcher.start()
@@ -231,13 +244,20 @@ class ServedModel:
             return 0
         return min(max(map(len, request.inputs)), self.config.preprocessing.max_length * CHARACTERS_PER_TOKEN)
 
-    def _lone_request_runs_inline(self) -> bool:
-        """Whether a request reaching the idle batcher runs on the event loop (see INLINE_MAX_SECONDS)."""
-        return (
-            self._metrics.requests_in_flight <= 1
-            and self._settings.max_batch_wait_ms == 0  # a batching window was asked for: keep it
-            and bool(self.batch_curve) and self.batch_curve[0].seconds_per_batch <= INLINE_MAX_SECONDS
-        )
+    def _batch_runs_inline(self, rows: int) -> bool:
+        """Whether a batch of `rows` runs on the event loop rather than the worker thread: any short batch
+        when the process has a single CPU (SINGLE_CPU_INLINE_MAX_SECONDS), else only a lone fast request
+        (INLINE_MAX_SECONDS)."""
+        if self._settings.max_batch_wait_ms > 0 or not self.batch_curve:  # a batching window was asked for
+            return False
+        if self._single_cpu:
+            return self._expected_seconds(rows) <= SINGLE_CPU_INLINE_MAX_SECONDS
+        return self._metrics.requests_in_flight <= 1 and self.batch_curve[0].seconds_per_batch <= INLINE_MAX_SECONDS
+
+    def _expected_seconds(self, rows: int) -> float:
+        """A batch's time at warm-up: that of the smallest measured size that holds `rows`, else the largest."""
+        timing = next((t for t in self.batch_curve if t.batch_size >= rows), self.batch_curve[-1])
+        return timing.seconds_per_batch * max(1.0, rows / timing.batch_size)
 
     async def drain(self) -> None:
         if self._batcher is not None:

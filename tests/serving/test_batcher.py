@@ -98,3 +98,34 @@ def test_a_request_past_its_deadline_gets_deadline_exceeded_and_never_runs() -> 
     assert isinstance(late, DeadlineExceeded), late
     assert 0.15 < waited < 0.5, f"the deadline error came after {waited:.2f} s"
     assert ran == [["slow"]], f"a request past its deadline ran: {ran}"
+
+
+def test_batches_run_on_the_event_loop_still_form_from_concurrent_requests() -> None:
+    """With `run_inline` saying yes (one CPU, a fast model), batches run on the loop's own thread, and the
+    requests that arrive while one runs still go together into the next batch, each with its own answer."""
+    batches: list[list[int]] = []
+    threads: set[str] = set()
+
+    def run(requests: Sequence[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        batches.append(list(requests))
+        time.sleep(0.01)  # a short model: requests keep arriving while it runs
+        return [request * 10 for request in requests]
+
+    async def client(batcher: Batcher[int, int], first: int, deadline: float) -> list[int]:
+        return [await batcher.submit(request, 1, deadline) for request in range(first, first + 5)]
+
+    async def main() -> list[list[int]]:
+        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=MAX_BATCH, max_queue_size=100,
+                                             run_inline=lambda rows: True)
+        batcher.start()
+        deadline = time.perf_counter() + 30
+        answers = await asyncio.gather(*(client(batcher, first, deadline) for first in range(0, 40, 5)))
+        await batcher.drain()
+        return answers
+
+    answers = asyncio.run(main())
+    assert answers == [[request * 10 for request in range(first, first + 5)] for first in range(0, 40, 5)]
+    assert threads == {threading.main_thread().name}, "every batch ran on the event loop's thread"
+    assert max(map(len, batches)) == MAX_BATCH, f"requests queued during a batch were not batched: {batches}"
+    assert sum(map(len, batches)) == 40
