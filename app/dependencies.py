@@ -1,7 +1,8 @@
-"""FastAPI dependencies shared by the routes."""
+"""FastAPI dependencies shared by the routes, the API key checks among them."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Request
@@ -19,14 +20,42 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def require_api_key(request: Request) -> None:
-    """When `SERVE_API_KEY` is set, require it as `X-API-Key: <key>` or `Authorization: Bearer <key>`."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
+def _given_key(request: Request) -> str | None:
+    """The key sent as `X-API-Key` or as a bearer token; None when there is none (or it is empty)."""
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         given = token if scheme.lower() == "bearer" else None
-    if given is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise Unauthorized("missing or wrong API key: send it as `X-API-Key: <key>` or `Authorization: Bearer <key>`")
+    return given or None
+
+
+async def require_api_key(request: Request) -> None:
+    """When keys are configured (`SERVE_API_KEY`, `SERVE_API_KEYS`), require one of them as `X-API-Key: <key>`
+    or `Authorization: Bearer <key>`.
+
+    The given key's SHA-256 is compared with every accepted key's, each comparison in constant time and none
+    skipped, so the time taken tells nothing about the keys, their lengths or which one matched.
+    """
+    accepted = request.app.state.settings.api_key_digests
+    if not accepted:
+        return
+    given = _given_key(request)
+    digest = hashlib.sha256(given.encode()).digest() if given is not None else b""
+    matched = False
+    for key in accepted:
+        matched |= hmac.compare_digest(digest, key)
+    if not matched:
+        raise Unauthorized("missing or wrong API key: send it as `X-API-Key: <key>` or `Authorization: Bearer <key>`",
+                           key_given=given is not None)
+
+
+async def health_access(request: Request) -> None:
+    """Health routes need a key only when `SERVE_PUBLIC_HEALTH=false`."""
+    if not request.app.state.settings.public_health:
+        await require_api_key(request)
+
+
+async def metrics_access(request: Request) -> None:
+    """`/metrics` needs a key only when `SERVE_PUBLIC_METRICS=false`."""
+    if not request.app.state.settings.public_metrics:
+        await require_api_key(request)

@@ -1,12 +1,15 @@
 """Errors the service answers with, and the handlers that turn every failure into a JSON body.
 
 Every error body is `{"error": "<message a user can act on>", "code": "<machine-readable kind>"}`;
-the `error` string is also what the Open Inference Protocol v2 expects.
+the `error` string is also what the Open Inference Protocol v2 expects. A 500 names an error id, and the log
+line with the same id (and the request id) has the cause: answers never show stack traces or host paths.
+Refusals (4xx, 503) are logged at debug level only, so shedding load stays cheap.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +17,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+
+
+def new_error_id() -> str:
+    return os.urandom(8).hex()
 
 
 class ServiceError(Exception):
@@ -39,8 +46,14 @@ class UnprocessableInput(ServiceError):
 
 
 class Unauthorized(ServiceError):
+    """No key, or a wrong one; `WWW-Authenticate` names the scheme (RFC 6750), and says when a key was wrong."""
+
     status_code = 401
     code = "unauthorized"
+
+    def __init__(self, message: str, *, key_given: bool) -> None:
+        challenge = 'Bearer realm="model-serving"' + (', error="invalid_token"' if key_given else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
 class ModelNotFound(ServiceError):
@@ -85,8 +98,22 @@ class ShuttingDown(Unavailable):
 
 
 class InferenceFailed(ServiceError):
+    """The model failed on a request's input: `message` is the answer, `cause` (ONNX Runtime's error) goes to
+    the log only."""
+
     status_code = 500
     code = "inference_error"
+
+    def __init__(self, message: str, *, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.message}: {type(self.cause).__name__}: {self.cause}"
+
+
+def with_error_id(message: str, error_id: str) -> str:
+    return f"{message} (error id {error_id}; the server log has the cause)"
 
 
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -101,28 +128,43 @@ def _describe_validation_errors(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def unexpected_error_response(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler took (a bug): a JSON 500 naming an error id, whose log line has
+    the traceback. The `RequestId` middleware sends it, so the connection stays open for the next request."""
+    error_id = new_error_id()
+    logger.error("unhandled error on %s %s, error id %s", method, path, error_id, exc_info=exc,
+                 extra={"error_id": error_id})
+    return error_response(500, ServiceError.code, with_error_id("internal server error", error_id))
+
+
+def _refusal(request: Request, status_code: int, code: str, message: str,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    """A 4xx or 503 answer, counted by kind (`RequestMetrics` reads `error_code`) and logged at debug level."""
+    request.state.error_code = code
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s %s answered %d %s: %s", request.method, request.url.path, status_code, code, message)
+    return error_response(status_code, code, message, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error, expected or not, with the JSON error body and no internals."""
+    """Answer every expected error with the JSON error body and no internals (unexpected ones: see above)."""
 
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if not isinstance(exc, InferenceFailed):
+            return _refusal(request, exc.status_code, exc.code, exc.message, exc.headers)
         request.state.error_code = exc.code
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+        error_id = new_error_id()
+        logger.error("%s %s failed, error id %s: %s", request.method, request.url.path, error_id, exc,
+                     extra={"error_id": error_id})
+        return error_response(exc.status_code, exc.code, with_error_id(exc.message, error_id), exc.headers)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        request.state.error_code = code
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return _refusal(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        request.state.error_code = UnprocessableInput.code
-        return error_response(422, UnprocessableInput.code, _describe_validation_errors(exc))
-
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        request.state.error_code = ServiceError.code
-        return error_response(500, ServiceError.code, "internal server error")
+        return _refusal(request, 422, UnprocessableInput.code, _describe_validation_errors(exc))
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)

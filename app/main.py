@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodySizeLimit, RequestMetrics
+from app.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.registry import ModelRegistry
 from app.routes import health, predict, v2
 from app.settings import Settings
@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.discover()
         loading = asyncio.create_task(registry.load_all(), name="load-models")
+        if settings.strict_startup:
+            await loading  # raises when a model cannot be served: start-up fails and the process exits
         try:
             yield
         finally:
@@ -56,4 +58,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.infer_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestId)
     return app

@@ -1,13 +1,64 @@
-"""Pure ASGI middleware: request metrics and the request body size limit."""
+"""Pure ASGI middleware: request ids (and the last-resort error answer), request metrics and the request body
+size limit."""
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge
+from app.errors import PayloadTooLarge, ServiceError, unexpected_error_response
+from app.logs import REQUEST_ID
 from app.metrics import Metrics
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A client's id is kept when it is this plain and short; anything else (which could forge log lines or
+# bloat them) is replaced by a new one.
+USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
+
+
+class RequestId:
+    """Gives every HTTP request an id: the client's `X-Request-ID` when it is usable, else 32 random hex
+    digits. The id is answered in `X-Request-ID` and tags every log record about the request (`app.logs`).
+
+    As the outermost middleware it also answers an exception that nothing handled (see
+    `unexpected_error_response`), which Starlette would otherwise pass on to the server, closing the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                request_id = value
+                break
+        if request_id is None or not USABLE_REQUEST_ID.fullmatch(request_id):
+            request_id = os.urandom(16).hex().encode()
+        # Not reset afterwards: each request runs in its own task, with its own context.
+        REQUEST_ID.set(request_id.decode())
+        header = (REQUEST_ID_HEADER, request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # too late to answer: the server logs it and closes the connection
+                raise
+            await unexpected_error_response(scope["method"], scope["path"], exc)(scope, receive, send_with_id)
 
 
 class RequestMetrics:
@@ -31,8 +82,12 @@ class RequestMetrics:
             await send(message)
 
         self.metrics.requests_in_flight += 1
+        unhandled = False
         try:
             await self.app(scope, receive, send_with_status)
+        except Exception:
+            unhandled = True  # answered with a 500 by RequestId, outside this middleware
+            raise
         finally:
             self.metrics.requests_in_flight -= 1
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -40,7 +95,9 @@ class RequestMetrics:
             model = state.get("model", "")
             self.metrics.requests.labels(route, model, str(status)).inc()
             self.metrics.request_duration.labels(route, model).observe(time.perf_counter() - started)
-            if status >= 400:
+            if unhandled:
+                self.metrics.errors.labels(model, ServiceError.code).inc()
+            elif status >= 400:
                 self.metrics.errors.labels(model, state.get("error_code", "http_error")).inc()
 
 

@@ -17,6 +17,10 @@ from model_repository import ModelRepositoryError, discover_models, latest_versi
 logger = logging.getLogger(__name__)
 
 
+class StartupFailed(RuntimeError):
+    """A configured model cannot be served and `SERVE_STRICT_STARTUP` asks for start-up to fail."""
+
+
 async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None:
     """Run `function` on a daemon thread, so a shutdown during a long load or warm-up need not wait for it."""
     loop = asyncio.get_running_loop()
@@ -73,10 +77,19 @@ class ModelRegistry:
             self._metrics.model_ready.labels(name).set(0)
 
     async def load_all(self) -> None:
-        """Load and warm every model, one after another, opening each to traffic as soon as it is ready."""
+        """Load and warm every model, one after another, opening each to traffic as soon as it is ready.
+
+        With `strict_startup`, raise `StartupFailed` at the first model that cannot be served instead.
+        """
+        strict = self._settings.strict_startup
+        if strict and self.failures:
+            reasons = (f"cannot serve {name}: {reason}" for name, reason in self.failures.items())
+            raise StartupFailed("; ".join(reasons))
         for model in self.models.values():
             self._metrics.model_ready.labels(model.name).set(0)
             await _run_in_daemon_thread(model.load, f"load-{model.name}")
+            if model.error is not None and strict:
+                raise StartupFailed(f"cannot serve {model.name}: {model.error}")
             if model.error is None:
                 model.start()
                 self._metrics.model_info.labels(

@@ -320,8 +320,8 @@ class ServedModel:
                 outputs = self._session.run(self._output_names, feeds)
             except Exception as exc:  # noqa: BLE001 - any ONNX Runtime failure is isolated per request
                 if len(good) == 1:
-                    logger.warning("model %s: inference failed: %s", self.name, exc)
-                    outcomes[good[0]] = InferenceFailed(f"model {self.name!r} failed on this input")
+                    # Logged with its error id and the request id when answered (app/errors.py).
+                    outcomes[good[0]] = InferenceFailed(f"model {self.name!r} failed on this input", cause=exc)
                     return outcomes
                 # Isolate the request that broke the batch: every other one still gets its answer.
                 for index in good:

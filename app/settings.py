@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,18 +69,52 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="larger images are refused (413)")
     default_top_k: int = Field(default=5, ge=1)
 
-    # Access and process.
+    # Access.
     api_key: SecretStr | None = Field(
         default=None, description="when set, /predict, /models and /v2 model routes need it (X-API-Key or Bearer)"
     )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="comma-separated keys accepted as well as api_key, all at once (rotation without downtime)",
+    )
+    public_health: bool = Field(default=True, description="health routes answer without a key; false: they need one")
+    public_metrics: bool = Field(default=True, description="/metrics answers without a key; false: it needs one")
+
+    # Start-up, logging and shutdown.
+    strict_startup: bool = Field(
+        default=False,
+        description="a model that cannot be loaded fails start-up (the process exits) instead of being "
+        "reported as failed while the others serve",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
     access_log: bool = Field(default=False, description="uvicorn's access log (costs about 40% throughput)")
     graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "api_keys")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        return value if value is not None and value.get_secret_value() else None
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @model_validator(mode="after")
+    def _closed_routes_need_a_key(self) -> Settings:
+        closed = [name for name, public in (("health", self.public_health), ("metrics", self.public_metrics))
+                  if not public]
+        if closed and not self.api_key_digests:
+            raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY or SERVE_API_KEYS")
+        return self
+
+    def accepted_api_keys(self) -> list[str]:
+        """`api_key` and every key of `api_keys`, in that order."""
+        keys = [self.api_key.get_secret_value()] if self.api_key else []
+        if self.api_keys:
+            keys += [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        return keys
+
+    @cached_property
+    def api_key_digests(self) -> tuple[bytes, ...]:
+        """SHA-256 of every accepted key: equal-length values for a constant-time comparison."""
+        return tuple(dict.fromkeys(hashlib.sha256(key.encode()).digest() for key in self.accepted_api_keys()))
 
     def model_selection(self) -> dict[str, int | None]:
         """`models` parsed as {name: pinned version or None}."""

@@ -9,14 +9,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api_schemas import BatchTimingDescription, HealthResponse, ModelDescription, ModelsResponse
-from app.dependencies import get_registry, require_api_key
+from app.dependencies import get_registry, health_access, metrics_access, require_api_key
 from app.registry import ModelRegistry
 
 router = APIRouter()
+# Open unless SERVE_PUBLIC_HEALTH / SERVE_PUBLIC_METRICS close them (then they need an API key).
+HealthAccess = [Depends(health_access)]
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-@router.get("/health", response_model=HealthResponse, tags=["health"])
+@router.get("/health", response_model=HealthResponse, tags=["health"], dependencies=HealthAccess)
 async def health(registry: Registry) -> HealthResponse:
     """Liveness with per-model detail. Always 200 while the process answers; see `ready`."""
     ready = registry.ready
@@ -25,7 +27,7 @@ async def health(registry: Registry) -> HealthResponse:
     )
 
 
-@router.get("/health/live", tags=["health"])
+@router.get("/health/live", tags=["health"], dependencies=HealthAccess)
 async def live() -> dict[str, str]:
     """Kubernetes liveness probe: 200 while the process serves HTTP."""
     return {"status": "live"}
@@ -35,6 +37,7 @@ async def live() -> dict[str, str]:
     "/health/ready",
     tags=["health"],
     responses={503: {"description": "a configured model is not loaded and warmed up yet, or failed"}},
+    dependencies=HealthAccess,
 )
 async def ready(registry: Registry) -> JSONResponse:
     """Kubernetes readiness probe: 200 only when every configured model is loaded and warmed up."""
@@ -70,7 +73,7 @@ async def list_models(registry: Registry) -> ModelsResponse:
     return ModelsResponse(models=described)
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@router.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.dependencies import get_registry, require_api_key
+from app.dependencies import get_registry, health_access, require_api_key
 from app.errors import InvalidInput, ModelNotFound
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -43,12 +43,13 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
 
 
-@router.get("/health/live")
+@router.get("/health/live", dependencies=[Depends(health_access)])
 async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "not every configured model is ready"}})
+@router.get("/health/ready", responses={503: {"description": "not every configured model is ready"}},
+            dependencies=[Depends(health_access)])
 async def server_ready(registry: Registry) -> JSONResponse:
     ready = registry.ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -84,8 +85,10 @@ async def model_config(registry: Registry, name: str, version: str | None = None
     }
 
 
-@router.get("/models/{name}/ready", responses={503: {"description": "the model is not ready"}})
-@router.get("/models/{name}/versions/{version}/ready", responses={503: {"description": "the model is not ready"}})
+@router.get("/models/{name}/ready", responses={503: {"description": "the model is not ready"}},
+            dependencies=[Depends(health_access)])
+@router.get("/models/{name}/versions/{version}/ready", responses={503: {"description": "the model is not ready"}},
+            dependencies=[Depends(health_access)])
 async def model_ready(registry: Registry, name: str, version: str | None = None) -> JSONResponse:
     model = _model(registry, name, version)
     return JSONResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)

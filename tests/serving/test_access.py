@@ -1,7 +1,10 @@
-"""The API key, /models, and the OpenAPI documents."""
+"""API keys (several at once, for rotation), the routes they close, /models, and the OpenAPI documents."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,38 +12,83 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import ModelUnderTest, ServerProcess, assert_json_error, assert_prediction, b64
+from .support import REPO_ROOT, ModelUnderTest, ServerProcess, assert_json_error, assert_prediction, b64, scrape, value
 
 API_KEY = "test-key-5f1c2a"
+# SERVE_API_KEYS, accepted as well as SERVE_API_KEY: the new key of a rotation and one about to go.
+ROTATED_KEYS = ("next-key-0b9d7e41", "old-key-3c")
+HEALTH_PATHS = ("/health/live", "/health/ready", "/health", "/v2/health/live", "/v2/health/ready",
+                "/v2/models/mnist-cnn/ready")
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
                  image_model: ModelUnderTest) -> Iterator[ServerProcess]:
-    process = ServerProcess(models_dir, tmp_path_factory.mktemp("keyed"),
-                            {"SERVE_MODELS": image_model.name, "SERVE_API_KEY": API_KEY})
+    process = ServerProcess(models_dir, tmp_path_factory.mktemp("keyed"), {
+        "SERVE_MODELS": image_model.name, "SERVE_API_KEY": API_KEY, "SERVE_API_KEYS": " , ".join(ROTATED_KEYS),
+    })
     process.start().wait_ready()
     yield process
     process.stop()
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {API_KEY}"},
-                                     {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}],
-                         ids=["none", "wrong-x-api-key", "basic-scheme", "wrong-bearer", "empty-bearer"])
+class ClosedServer(ServerProcess):
+    """A server whose health routes need a key: polled with one."""
+
+    def _wait_live(self, timeout: float) -> bool:
+        return self.wait_for(lambda client: client.get("/health/live", headers={"X-API-Key": API_KEY}).status_code
+                             == 200, timeout, fail=False)
+
+
+@pytest.fixture(scope="module")
+def closed_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
+                  image_model: ModelUnderTest) -> Iterator[ServerProcess]:
+    process = ClosedServer(models_dir, tmp_path_factory.mktemp("closed"), {
+        "SERVE_MODELS": image_model.name, "SERVE_API_KEYS": API_KEY,
+        "SERVE_PUBLIC_HEALTH": "false", "SERVE_PUBLIC_METRICS": "false",
+    })
+    process.start()
+    process.wait_for(lambda client: client.get("/health/ready", headers={"X-API-Key": API_KEY}).status_code == 200,
+                     120, what="/health/ready to answer 200")
+    yield process
+    process.stop()
+
+
+WRONG_KEYS = [{}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {API_KEY}"}, {"Authorization": "Bearer wrong"},
+              {"Authorization": "Bearer"}, {"X-API-Key": API_KEY[:-1]}, {"X-API-Key": API_KEY + "0"},
+              {"X-API-Key": ",".join(ROTATED_KEYS)}, {"X-API-Key": ROTATED_KEYS[0].upper()}]
+WRONG_KEY_IDS = ["none", "wrong-x-api-key", "basic-scheme", "wrong-bearer", "empty-bearer", "prefix", "longer",
+                 "the-keys-list", "wrong-case"]
+
+
+def assert_401(response: httpx.Response, key_given: bool) -> None:
+    assert_json_error(response, 401, "unauthorized")
+    challenge = response.headers.get("www-authenticate", "")
+    assert challenge.startswith("Bearer realm="), response.headers
+    assert ('error="invalid_token"' in challenge) == key_given, challenge
+
+
+@pytest.mark.parametrize("headers", WRONG_KEYS, ids=WRONG_KEY_IDS)
 def test_predict_without_the_key_is_401(keyed_server: ServerProcess, digits: list[bytes],
                                         headers: dict[str, str]) -> None:
+    key_given = "X-API-Key" in headers or headers.get("Authorization", "").lower().startswith("bearer ")
     with keyed_server.client(headers=headers) as client:
-        assert_json_error(client.post("/predict", json={"image": b64(digits[0])}), 401, "unauthorized")
-        assert_json_error(client.get("/models"), 401, "unauthorized")
-        assert_json_error(client.get("/v2/models/anything"), 401, "unauthorized")
+        before = scrape(client)
+        assert_401(client.post("/predict", json={"image": b64(digits[0])}), key_given)
+        assert_401(client.get("/models"), key_given)
+        assert_401(client.get("/v2/models/anything"), key_given)
         infer = {"inputs": [{"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32",
                              "data": [0.0] * 784}]}
-        assert_json_error(client.post("/v2/models/mnist-cnn/infer", json=infer), 401, "unauthorized")
+        assert_401(client.post("/v2/models/mnist-cnn/infer", json=infer), key_given)
+        after = scrape(client)
+    assert value(after, "modelserver_errors_total", model="", kind="unauthorized") - value(
+        before, "modelserver_errors_total", model="", kind="unauthorized") == 4
 
 
 @pytest.mark.parametrize("headers", [{"X-API-Key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"},
-                                     {"Authorization": f"bearer {API_KEY}"}],
-                         ids=["x-api-key", "bearer", "bearer-lowercase"])
+                                     {"Authorization": f"bearer {API_KEY}"}, {"X-API-Key": ROTATED_KEYS[0]},
+                                     {"Authorization": f"Bearer {ROTATED_KEYS[1]}"}],
+                         ids=["x-api-key", "bearer", "bearer-lowercase", "rotated-new", "rotated-old"])
 def test_predict_with_the_key(keyed_server: ServerProcess, image_model: ModelUnderTest, digits: list[bytes],
                               headers: dict[str, str]) -> None:
     with keyed_server.client(headers=headers) as client:
@@ -53,8 +101,28 @@ def test_predict_with_the_key(keyed_server: ServerProcess, image_model: ModelUnd
 
 def test_probes_and_metrics_need_no_key(keyed_server: ServerProcess) -> None:
     with keyed_server.client() as client:
-        for path in ("/health/live", "/health/ready", "/health", "/metrics", "/v2/health/live", "/v2/health/ready"):
+        for path in (*HEALTH_PATHS, "/metrics"):
             assert client.get(path).status_code == 200, path
+
+
+def test_health_and_metrics_closed_by_setting(closed_server: ServerProcess) -> None:
+    with closed_server.client() as client:
+        for path in (*HEALTH_PATHS, "/metrics"):
+            assert_401(client.get(path), key_given=False)
+            assert_401(client.get(path, headers={"X-API-Key": "wrong"}), key_given=True)
+            assert client.get(path, headers={"X-API-Key": API_KEY}).status_code == 200, path
+            assert client.get(path, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200, path
+
+
+@pytest.mark.parametrize(("key", "status"), [(API_KEY, 0), ("wrong", 1)])
+def test_container_healthcheck_sends_the_key(closed_server: ServerProcess, key: str, status: int) -> None:
+    """`python -m app.healthcheck` (the image's HEALTHCHECK) passes a closed /health/live with the key."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SERVE_")}
+    env.update({"SERVE_PORT": str(closed_server.port), "SERVE_API_KEYS": key, "SERVE_PUBLIC_HEALTH": "false",
+                "PYTHONPATH": str(REPO_ROOT)})
+    check = subprocess.run([sys.executable, "-m", "app.healthcheck"], env=env, cwd=closed_server.workdir,
+                           capture_output=True, timeout=30)
+    assert check.returncode == status, check
 
 
 def test_no_key_needed_without_api_key(http: httpx.Client) -> None:

@@ -106,7 +106,7 @@ def test_oversized_body_is_counted_for_its_route(server: ServerProcess, http: ht
     after = scrape(http)
     assert value(after, "modelserver_errors_total", model="", kind="payload_too_large") - value(
         before, "modelserver_errors_total", model="", kind="payload_too_large") == 1
-    counted = {dict(labels)["route"]: count - before.get((name, labels), 0.0)
+    counted = {(dict(labels)["route"], dict(labels)["model"]): count - before.get((name, labels), 0.0)
                for (name, labels), count in after.items()
                if name == "modelserver_requests_total" and dict(labels)["status"] == "413"}
-    assert {route: count for route, count in counted.items() if count} == {"/predict": 1}
+    assert {series: count for series, count in counted.items() if count} == {("/predict", ""): 1}

@@ -1,0 +1,71 @@
+"""Logging: plain text for a terminal, or one JSON object per line for a log pipeline (`SERVE_LOG_FORMAT`).
+
+Every record logged while a request is handled carries that request's id (`request_id`, the id answered in
+`X-Request-ID`): `RequestId` middleware sets it in a context variable, which each request's own asyncio task
+keeps, and a handler filter copies it onto the record. Records from outside a request (start-up, the
+batchers' worker threads) have none.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import onnxruntime as ort
+from pythonjsonlogger.core import RESERVED_ATTRS
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
+# uvicorn adds an ANSI-coloured copy of some messages; a JSON line keeps the plain one.
+JSON_LEFT_OUT = ("color_message",)
+ORT_FATAL = 4  # ONNX Runtime's logging severity: 0 verbose ... 3 error, 4 fatal
+
+
+class RequestIdFilter(logging.Filter):
+    """Tags each record with the id of the request being handled; JSON lines leave the field out outside one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            record.request_id = request_id
+        return True
+
+
+def logging_config(level: str, log_format: Literal["text", "json"]) -> dict[str, Any]:
+    """A `logging.config.dictConfig` document: one stderr handler on the root logger, which uvicorn's and the
+    service's loggers propagate to."""
+    if log_format == "json":
+        formatter: dict[str, Any] = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": JSON_FIELDS,
+            "timestamp": "time",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "reserved_attrs": [*RESERVED_ATTRS, *JSON_LEFT_OUT],
+        }
+    else:
+        formatter = {"()": "logging.Formatter", "fmt": TEXT_FORMAT, "defaults": {"request_id": "-"}}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,  # the service's modules made their loggers on import
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"default": formatter},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"]},
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+def configure_logging(level: str, log_format: Literal["text", "json"]) -> None:
+    """Send every log record through one handler in the chosen format.
+
+    ONNX Runtime writes its own plain-text lines to stderr; with JSON logs only its fatal ones are kept, since
+    every inference failure it would report reaches the service's log, with the cause, as a JSON line.
+    """
+    logging.config.dictConfig(logging_config(level, log_format))
+    if log_format == "json":
+        ort.set_default_logger_severity(ORT_FATAL)
