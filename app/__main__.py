@@ -1,15 +1,27 @@
-"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT."""
+"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT, in one process or `SERVE_WORKERS` of them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import Settings
+from app.workers import SHARED_DIRECTORY_ENV
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory): settings and logging come from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 def main() -> None:
@@ -17,15 +29,25 @@ def main() -> None:
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; a drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # uvicorn's loggers go through the root handler configure_logging set up
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,  # uvicorn's loggers go through the root handler configure_logging set up
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # The workers share metrics and readiness through a fresh directory (app.workers), made before they start:
+    # prometheus-client reads its location when each worker imports it.
+    shared = tempfile.mkdtemp(prefix="modelserver-workers-")
+    os.environ[SHARED_DIRECTORY_ENV] = shared
+    try:
+        uvicorn.run("app.__main__:create_worker_app", factory=True, workers=settings.workers, **options)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 if __name__ == "__main__":

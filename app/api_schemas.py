@@ -70,11 +70,17 @@ class ModelStatus(BaseModel):
     error: str | None
 
 
+class WorkerStatus(BaseModel):
+    pid: int
+    ready: bool
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     live: bool
     ready: bool
-    models: list[ModelStatus]
+    models: list[ModelStatus]  # as the worker process that answered sees them
+    workers: list[WorkerStatus] | None = None  # every live worker process, when SERVE_WORKERS > 1
 
 
 class BatchTimingDescription(BaseModel):

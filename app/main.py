@@ -15,6 +15,7 @@ from app.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.registry import ModelRegistry
 from app.routes import health, predict, v2
 from app.settings import Settings
+from app.workers import WorkerBoard, shared_directory
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ Image and text classifiers served with ONNX Runtime and dynamic batching.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Models load in the background after start-up; `/health/ready` says when."""
     settings = settings or Settings()
-    metrics = Metrics()
-    registry = ModelRegistry(settings, metrics)
+    directory = shared_directory()
+    workers = WorkerBoard(directory, settings.workers) if settings.workers > 1 and directory else None
+    metrics = Metrics(workers)
+    registry = ModelRegistry(settings, metrics, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,11 +1,18 @@
-"""Prometheus metrics of one service instance, kept in their own registry."""
+"""Prometheus metrics of one service instance, kept in their own registry.
+
+With several worker processes (`SERVE_WORKERS`), prometheus-client's multiprocess mode keeps every value in
+files in the shared directory (`app.workers`), and `exposition` reads them all: counters and histograms add up
+over the workers, each gauge combines as its `multiprocess_mode` says, and `process_*` sums the workers.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import (
     GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
-    disable_created_metrics,
+    disable_created_metrics, multiprocess,
 )
+
+from app.workers import WorkerBoard, WorkersProcessCollector
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -22,12 +29,20 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     """All metrics the service exports at /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: WorkerBoard | None = None) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        # CPU, memory and open file descriptors of the process (`process_*`), the Python version and GC.
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            registry.register(collector)
+        self.shared = workers is not None
+        if workers is None:
+            # CPU, memory and open file descriptors of the process (`process_*`), the Python version and GC.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
+            self.exposition = registry
+        else:  # the values live in the shared files; this registry only names the metrics
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition, path=str(workers.directory))
+            for collector in (PLATFORM_COLLECTOR, WorkersProcessCollector(workers)):
+                self.exposition.register(collector)
         self.requests = Counter(
             "requests", "HTTP requests by route, model and status code.",
             ["route", "model", "status"], namespace=NAMESPACE, registry=registry,
@@ -36,12 +51,15 @@ class Metrics:
             "request_duration_seconds", "End-to-end HTTP request latency.",
             ["route", "model"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
         )
-        # HTTP requests being handled, counted by the middleware on the event loop; the gauge reads it.
-        self.requests_in_flight = 0
+        # HTTP requests being handled, counted by the middleware on the event loop; the gauge reads it (or,
+        # with several workers, each worker writes its count and /metrics adds them up).
+        self._requests_in_flight = 0
         self.in_flight = Gauge(
             "requests_in_flight", "HTTP requests being handled.", namespace=NAMESPACE, registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.in_flight.set_function(lambda: self.requests_in_flight)
+        if not self.shared:
+            self.in_flight.set_function(lambda: self._requests_in_flight)
         self.errors = Counter(
             "errors", "Error answers by model and kind (the `code` of the error body).",
             ["model", "kind"], namespace=NAMESPACE, registry=registry,
@@ -64,20 +82,32 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "queue_depth", "Requests waiting in the model's queue.", ["model"], namespace=NAMESPACE, registry=registry,
+            multiprocess_mode="livesum",
         )
         self.queue_capacity = Gauge(
             "queue_capacity", "Requests the model's queue holds before answering 503 (SERVE_MAX_QUEUE_SIZE).",
-            ["model"], namespace=NAMESPACE, registry=registry,
+            ["model"], namespace=NAMESPACE, registry=registry, multiprocess_mode="livesum",
         )
         self.max_batch_size = Gauge(
             "max_batch_size", "Largest batch the model forms: the measured best size, or the configured maximum.",
-            ["model"], namespace=NAMESPACE, registry=registry,
+            ["model"], namespace=NAMESPACE, registry=registry, multiprocess_mode="livemax",
         )
         self.model_info = Gauge(
             "model_info", "Loaded model versions and the execution provider each session really got.",
             ["model", "version", "task", "provider"], namespace=NAMESPACE, registry=registry,
+            multiprocess_mode="livemax",
         )
         self.model_ready = Gauge(
-            "model_ready", "1 when the model is loaded and warmed up.", ["model"], namespace=NAMESPACE,
-            registry=registry,
+            "model_ready", "1 when the model is loaded and warmed up (in every worker).", ["model"],
+            namespace=NAMESPACE, registry=registry, multiprocess_mode="livemin",
         )
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests_in_flight
+
+    @requests_in_flight.setter
+    def requests_in_flight(self, count: int) -> None:
+        self._requests_in_flight = count
+        if self.shared:
+            self.in_flight.set(count)

@@ -12,6 +12,7 @@ from app.errors import InvalidInput, ModelNotFound, ModelNotReady
 from app.metrics import Metrics
 from app.served_model import ServedModel
 from app.settings import Settings
+from app.workers import WorkerBoard
 from model_repository import ModelRepositoryError, discover_models, latest_version, load_config, version_dir
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None
 class ModelRegistry:
     """Every configured model, whether it loaded or not, so health can say what is missing and why."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, workers: WorkerBoard | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self.workers = workers  # the other worker processes, when there are several
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
 
@@ -75,6 +77,8 @@ class ModelRegistry:
         for name, reason in self.failures.items():
             logger.error("cannot serve %s: %s", name, reason)
             self._metrics.model_ready.labels(name).set(0)
+        if self.workers is not None:
+            self.workers.publish(False)
 
     async def load_all(self) -> None:
         """Load and warm every model, one after another, opening each to traffic as soon as it is ready.
@@ -96,17 +100,28 @@ class ModelRegistry:
                     model.name, str(model.config.version), model.config.task, model.provider
                 ).set(1)
                 self._metrics.model_ready.labels(model.name).set(1)
+        if self.workers is not None:
+            self.workers.publish(self.ready_here)
 
     async def drain(self) -> None:
         """Stop intake and answer everything queued, for every model."""
+        if self.workers is not None:
+            self.workers.publish(False)
         await asyncio.gather(*(model.drain() for model in self.models.values()))
         for model in self.models.values():
             self._metrics.model_ready.labels(model.name).set(0)
+        if self.workers is not None:
+            self.workers.leave()
+
+    @property
+    def ready_here(self) -> bool:
+        """True only when every configured model is ready in this process, and there is at least one."""
+        return bool(self.models) and not self.failures and all(model.ready for model in self.models.values())
 
     @property
     def ready(self) -> bool:
-        """True only when every configured model is ready, and there is at least one."""
-        return bool(self.models) and not self.failures and all(model.ready for model in self.models.values())
+        """Ready here and, with several workers, in every one of them."""
+        return self.ready_here and (self.workers is None or self.workers.all_ready())
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)

@@ -43,6 +43,11 @@ def usable_cpus() -> int:
     return max(1, min(count, math.ceil(int(quota) / int(period))))
 
 
+def cpus_per_worker(workers: int) -> int:
+    """This worker process's share of the usable CPUs, when `workers` processes serve side by side."""
+    return max(1, usable_cpus() // workers)
+
+
 class ProviderUnavailable(RuntimeError):
     """An execution provider named explicitly in the settings cannot run the session."""
 

@@ -19,7 +19,9 @@ from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
 from app.image_decoding import decode_image
 from app.metrics import Metrics
-from app.runtime import CPU, CUDA, ProviderUnavailable, create_session, ort, requested_providers, usable_cpus
+from app.runtime import (
+    CPU, CUDA, ProviderUnavailable, cpus_per_worker, create_session, ort, requested_providers,
+)
 from app.settings import Settings
 from app.text_encoding import TextEncoder
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
@@ -147,17 +149,18 @@ class ServedModel:
                 "the file was changed or corrupted"
             )
         settings = self._settings
+        cpus = cpus_per_worker(settings.workers)
         self._session = create_session(
             onnx_path,
             requested_providers(settings.providers),
             settings.provider_options,
-            settings.intra_op_threads,
+            settings.intra_op_threads or cpus,
             settings.inter_op_threads,
             spinning=settings.intra_op_spinning,
             strict=settings.providers.strip().lower() != "auto",
         )
         self.provider = self._session.get_providers()[0]
-        self._single_cpu = self.provider == CPU and usable_cpus() == 1
+        self._single_cpu = self.provider == CPU and cpus == 1
         if self._single_cpu:
             # The tokenizer's thread pool would only take turns with this thread on the one CPU.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

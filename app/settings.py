@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(
         default=0, ge=0,
-        description="threads per inference; 0: one per CPU the process may use (affinity and cgroup CPU quota)",
+        description="threads per inference; 0: one per CPU the process may use (affinity and cgroup CPU quota), "
+        "divided among the workers",
     )
     inter_op_threads: int = Field(default=0, ge=0)
     intra_op_spinning: bool = Field(
@@ -89,6 +90,11 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
     access_log: bool = Field(default=False, description="uvicorn's access log (costs about 40% throughput)")
+    workers: int = Field(
+        default=1, ge=1,
+        description="server processes on the one port, each with its own sessions and batchers; 1 unless "
+        "more measurably pay (see docs/benchmarks.md): on 2 CPUs they do not",
+    )
     graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
 
     @field_validator("api_key", "api_keys")

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api_schemas import BatchTimingDescription, HealthResponse, ModelDescription, ModelsResponse
+from app.api_schemas import (
+    BatchTimingDescription, HealthResponse, ModelDescription, ModelsResponse, WorkerStatus,
+)
 from app.dependencies import get_registry, health_access, metrics_access, require_api_key
 from app.registry import ModelRegistry
 
@@ -22,8 +24,11 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 async def health(registry: Registry) -> HealthResponse:
     """Liveness with per-model detail. Always 200 while the process answers; see `ready`."""
     ready = registry.ready
+    workers = None
+    if registry.workers is not None:
+        workers = [WorkerStatus(pid=pid, ready=ok) for pid, ok in sorted(registry.workers.workers().items())]
     return HealthResponse(
-        status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status()
+        status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status(), workers=workers
     )
 
 
@@ -44,7 +49,13 @@ async def ready(registry: Registry) -> JSONResponse:
     if registry.ready:
         return JSONResponse({"status": "ready"})
     not_ready = {item["name"]: item["error"] or item["state"] for item in registry.status() if item["state"] != "ready"}
-    message = "no models configured" if not registry.models and not registry.failures else "models not ready"
+    if not registry.models and not registry.failures:
+        message = "no models configured"
+    elif registry.ready_here and registry.workers is not None:
+        ready_workers = sum(registry.workers.workers().values())
+        message = f"{ready_workers} of {registry.workers.expected} worker processes ready"
+    else:
+        message = "models not ready"
     return JSONResponse({"status": "not_ready", "error": message, "models": not_ready}, status_code=503,
                         headers={"Retry-After": "5"})
 
@@ -76,4 +87,4 @@ async def list_models(registry: Registry) -> ModelsResponse:
 @router.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text exposition format."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics.exposition), media_type=CONTENT_TYPE_LATEST)

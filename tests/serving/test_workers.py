@@ -1,0 +1,116 @@
+"""Several worker processes on one port (`SERVE_WORKERS=2`): the service still reads as one.
+
+Answers are right whichever worker takes them, /metrics counts every worker's requests, /health/ready is 200
+only while every worker is ready (a killed worker is replaced and counted again once ready), the API key and
+v2 work as with one process, and SIGTERM drains every worker with no request lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from .conftest import CopyModels, StartServer
+from .support import (
+    Call, ModelUnderTest, ServerProcess, assert_prediction, edit_config, scrape, send_concurrently, value,
+)
+
+WORKERS = 2
+
+
+def start_workers(start_server: StartServer, models: Path, **env: str) -> ServerProcess:
+    return start_server(models, SERVE_WORKERS=str(WORKERS), **env).wait_ready()
+
+
+def worker_pids(client: httpx.Client) -> list[int]:
+    health = client.get("/health").json()
+    return [worker["pid"] for worker in health["workers"]]
+
+
+def test_workers_answer_as_one_service(start_server: StartServer, models_dir: Path, image_model: ModelUnderTest,
+                                       text_model: ModelUnderTest, digits: list[bytes], reviews: list[str]) -> None:
+    server = start_workers(start_server, models_dir, SERVE_MODELS=f"{image_model.name},{text_model.name}",
+                           SERVE_API_KEYS="first-key,second-key")
+    headers = {"X-API-Key": "second-key"}
+    images, texts = digits[:48], reviews * 2
+    calls = [Call({"files": {"file": ("digit.png", image, "image/png")}, "headers": headers}) for image in images]
+    calls += [Call({"json": {"text": text}, "headers": headers}) for text in texts]
+    answers = send_concurrently(server.url, calls, concurrency=32)
+
+    for answer, image in zip(answers, images, strict=False):
+        assert answer.status_code == 200, answer.text
+        assert_prediction(answer.json(), image_model.image_probabilities(image), image_model.labels, 5)
+    for answer, text in zip(answers[len(images):], texts, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert_prediction(answer.json(), text_model.text_probabilities(text), text_model.labels, 5)
+
+    with server.client() as client:
+        assert client.post("/predict", json={"text": "no key"}).status_code == 401
+        pixels = image_model.image_tensor(images[0])
+        v2 = client.post(f"/v2/models/{image_model.name}/infer", headers=headers, json={"inputs": [{
+            "name": image_model.config.inputs[0].name, "shape": [1, *pixels.shape], "datatype": "FP32",
+            "data": pixels.ravel().tolist(),
+        }]})
+        assert v2.status_code == 200, v2.text
+        assert len(worker_pids(client)) == WORKERS
+        samples = scrape(client)
+    served = value(samples, "modelserver_requests_total", route="/predict", model=image_model.name, status="200")
+    served += value(samples, "modelserver_requests_total", route="/predict", model=text_model.name, status="200")
+    assert served == len(calls), "/metrics must count the requests of every worker, whichever answers the scrape"
+    assert value(samples, "modelserver_queue_capacity", model=image_model.name) > 0
+    assert value(samples, "modelserver_model_ready", model=text_model.name) == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def test_ready_only_while_every_worker_is(start_server: StartServer, models_dir: Path,
+                                          image_model: ModelUnderTest) -> None:
+    server = start_workers(start_server, models_dir, SERVE_MODELS=image_model.name)
+    with server.client() as client:
+        victim, survivor = worker_pids(client)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced(client: httpx.Client) -> bool:
+        pids = worker_pids(client)
+        return victim not in pids and len(pids) == WORKERS
+
+    # Until the supervisor's replacement has loaded its models, the service is not ready.
+    server.wait_for(lambda client: client.get("/health/ready").status_code == 503, 30,
+                    what="/health/ready to turn 503 once a worker died")
+    server.wait_ready(timeout=120)
+    server.wait_for(replaced, 30, what="a new worker in place of the killed one")
+    with server.client() as client:
+        assert survivor in worker_pids(client)
+
+
+IN_FLIGHT = 40
+HOLD_MS = 3000
+
+
+def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: CopyModels,
+                                     image_model: ModelUnderTest, digits: list[bytes]) -> None:
+    models = copy_models(image_model.name, edit={
+        image_model.name: lambda root: edit_config(root / image_model.directory.name, max_batch_size=IN_FLIGHT + 24)
+    })
+    server = start_workers(start_server, models, SERVE_MAX_BATCH_WAIT_MS=str(HOLD_MS), SERVE_GRACEFUL_SHUTDOWN_S="60",
+                           SERVE_BATCH_SIZE_SEARCH="false")
+    images = digits[:IN_FLIGHT]
+    with server.client(limits=httpx.Limits(max_connections=IN_FLIGHT)) as client, \
+            ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures: list[Future[httpx.Response]] = [
+            pool.submit(client.post, "/predict", files={"file": ("digit.png", image, "image/png")}) for image in images
+        ]
+        server.wait_for(lambda probe: value(scrape(probe), "modelserver_queue_depth", model=image_model.name)
+                        == IN_FLIGHT, 60, what=f"{IN_FLIGHT} requests queued across the workers")
+        server.terminate()
+        outcomes = [future.exception() or future.result() for future in futures]
+
+    for outcome, image in zip(outcomes, images, strict=True):
+        assert isinstance(outcome, httpx.Response), f"a request got no answer: {outcome!r}\n{server.log()}"
+        assert outcome.status_code == 200, outcome.text
+        assert_prediction(outcome.json(), image_model.image_probabilities(image), image_model.labels, 5)
+    assert server.process is not None
+    assert server.process.wait(60) == 0, server.log()
