@@ -94,8 +94,11 @@ class ModelDescription(ModelStatus):
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     preprocessing: dict[str, Any]
-    max_batch_size: int = Field(description="the largest batch formed: the measured best size when "
-                                            "SERVE_BATCH_SIZE_SEARCH is on, else the configured maximum")
+    max_batch_size: int = Field(description="the most rows in one batch: for tensor and image models the "
+                                "measured best size when SERVE_BATCH_SIZE_SEARCH is on, else the configured maximum")
+    max_padded_tokens: int | None = Field(
+        default=None, description="text models: the cap on rows x longest tokens per batch, from the measured "
+        "best size at full length; shorter texts batch more rows, up to max_batch_size")
     configured_max_batch_size: int = Field(description="config.json's max_batch_size, capped by SERVE_MAX_BATCH_SIZE")
     batch_size_curve: list[BatchTimingDescription] = Field(
         description="the warm-up timings behind max_batch_size (the fastest run of each size)")

@@ -2,11 +2,12 @@
 
 A request that reaches an idle batcher runs at once. Each batch runs on the worker thread, or, when
 `run_inline(rows)` says so (a short batch), right on the event loop, which saves two thread hand-offs and,
-on a single CPU, the loop and the thread taking turns at the GIL. While a batch
-runs, new requests queue, and the next batch takes as many of them as fit in `max_batch_size` rows, so
-batches grow with load on their own. When the queue holds more than one batch and the batcher knows request
-lengths (`length_of`, for text), the next batch is the oldest request plus the queued ones closest to it in
-length, so padding stays small under mixed traffic; the oldest always goes first, so none starves. The
+on a single CPU, the loop and the thread taking turns at the GIL. While a batch runs, new requests queue,
+and the next batch takes as many of them as fit in `max_batch_size` rows, so batches grow with load on their
+own. When the batcher knows request lengths (`length_of`, for text), the next batch is the oldest request
+plus the queued ones closest to it in length, so padding stays small under mixed traffic, and the padded
+batch (rows times its longest length) stays within `max_padded_size`, so a batch of short texts holds more
+rows than one of long texts; the oldest always goes first, so none starves. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
 when the deadline passes), and `drain()` stops intake and answers everything already queued.
 """
@@ -54,6 +55,7 @@ class Batcher(Generic[RequestT, ResultT]):
         on_queue_change: Callable[[int], None] | None = None,
         run_inline: Callable[[int], bool] | None = None,
         length_of: Callable[[RequestT], int] | None = None,
+        max_padded_size: int | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -64,6 +66,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._on_queue_change = on_queue_change
         self._run_inline = run_inline
         self._length_of = length_of
+        self.max_padded_size = max_padded_size
         self._running = False  # a batch is running (on the worker thread or the loop)
         self._claimed = False  # a lone request is about to run on the event loop
         self._queue: deque[_Pending[RequestT]] = deque()
@@ -194,7 +197,7 @@ class Batcher(Generic[RequestT, ResultT]):
         """Pop the requests of the next batch, dropping those whose callers left or whose deadline passed."""
         now = time.perf_counter()
         self._drop_dead(now)
-        if self._length_of is not None and self._queued_rows > self.max_batch_size:
+        if self._length_of is not None and len(self._queue) > 1:
             batch = self._pop_similar_lengths(self._length_of)
         else:
             batch = self._pop_oldest()
@@ -233,12 +236,16 @@ class Batcher(Generic[RequestT, ResultT]):
         """The oldest request, then the queued ones nearest to it in length while they fit."""
         oldest = self._queue[0]
         target = length_of(oldest.request)
-        batch, rows = [oldest], oldest.rows
+        batch, rows, longest = [oldest], oldest.rows, target
         by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(length_of(pending.request) - target))
         for pending in by_closeness:
-            if rows + pending.rows <= self.max_batch_size:
-                batch.append(pending)
-                rows += pending.rows
+            length = max(longest, length_of(pending.request))
+            if rows + pending.rows > self.max_batch_size or (
+                self.max_padded_size is not None and (rows + pending.rows) * length > self.max_padded_size
+            ):
+                continue
+            batch.append(pending)
+            rows, longest = rows + pending.rows, length
             if rows == self.max_batch_size:
                 break
         taken = set(map(id, batch))

@@ -106,6 +106,7 @@ class ServedModel:
         )
         self.max_batch_size = self.configured_max_batch_size  # until warm-up measures the best size
         self.batch_curve: list[batch_tuning.BatchTiming] = []
+        self.max_padded_tokens: int | None = None  # text: rows x longest tokens per batch, set by the search
         self._settings = settings
         self._metrics = metrics
         self._session: ort.InferenceSession | None = None
@@ -190,17 +191,27 @@ class ServedModel:
         self.batch_curve = batch_tuning.measure(
             self._run_warm_up_batch, batch_tuning.candidate_sizes(configured) if search else [1]
         )
-        if search:
-            self.max_batch_size = batch_tuning.best_batch_size(self.batch_curve)
-            logger.info("model %s: batches capped at %d rows by measurement (items/s by size: %s)", self.name,
-                        self.max_batch_size,
-                        ", ".join(f"{t.batch_size}: {t.items_per_s:.0f}" for t in self.batch_curve))
+        if not search:
+            return
+        best_rows = batch_tuning.best_batch_size(self.batch_curve)
+        curve = ", ".join(f"{t.batch_size}: {t.items_per_s:.0f}" for t in self.batch_curve)
+        if self._encoder is None:
+            self.max_batch_size = best_rows
+            logger.info("model %s: batches capped at %d rows by measurement (items/s by size: %s)",
+                        self.name, best_rows, curve)
+            return
+        # Timed at full length, the best size caps the padded batch, not the rows: shorter texts fit more rows.
+        self.max_padded_tokens = best_rows * self.config.preprocessing.max_length
+        logger.info("model %s: batches capped at %d padded tokens (%d rows of %d) by measurement, up to %d rows "
+                    "(items/s by size: %s)", self.name, self.max_padded_tokens, best_rows,
+                    self.config.preprocessing.max_length, self.max_batch_size, curve)
 
     def _run_warm_up_batch(self, rows: int) -> None:
-        """One batch of `rows` inputs: zero tensors, or texts as long as `max_length` allows. Texts are timed at
-        full length, the worst case: MiniLM-L6 on one CPU keeps its items/s up to 8 rows of 128 tokens but
-        to 16 rows of 64, so sizes chosen at half length would slow full-length traffic by 17%, while sizes
-        chosen at full length cost short texts 2% (measured in-process; docs/benchmarks.md)."""
+        """One batch of `rows` inputs: zero tensors, or texts as long as `max_length` allows.
+
+        Texts are timed at full length, and the best size becomes a cap on padded tokens per batch: MiniLM-L6
+        on one CPU keeps its items/s up to 8 rows of 128 tokens, 16 of 64 and 32 of 16 (about 1,000 tokens
+        each; measured in-process, docs/benchmarks.md)."""
         if self._encoder is not None:
             words = self.config.preprocessing.max_length
             request = WorkRequest("text", [" ".join(["the"] * words)] * rows, "predictions")
@@ -234,6 +245,7 @@ class ServedModel:
             on_queue_change=metrics.queue_depth.labels(name).set,
             run_inline=self._batch_runs_inline,
             length_of=self._text_length if self._encoder is not None else None,
+            max_padded_size=self.max_padded_tokens * CHARACTERS_PER_TOKEN if self.max_padded_tokens else None,
         )
         self._batcher.start()
         metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)

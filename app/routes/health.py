@@ -73,6 +73,7 @@ async def list_models(registry: Registry) -> ModelsResponse:
             outputs=[spec.model_dump() for spec in config.outputs],
             preprocessing=config.preprocessing.model_dump(),
             max_batch_size=model.max_batch_size,
+            max_padded_tokens=model.max_padded_tokens,
             configured_max_batch_size=model.configured_max_batch_size,
             batch_size_curve=[
                 BatchTimingDescription(batch_size=timing.batch_size, ms_per_batch=timing.seconds_per_batch * 1000,

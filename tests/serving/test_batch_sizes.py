@@ -48,8 +48,14 @@ def test_models_and_metrics_report_the_measured_size(http: httpx.Client, image_m
         assert item["configured_max_batch_size"] == configured
         assert [timing["batch_size"] for timing in measured] == candidate_sizes(configured)
         assert all(timing["ms_per_batch"] > 0 and timing["items_per_s"] > 0 for timing in measured), measured
-        assert item["max_batch_size"] == best_batch_size(
-            [BatchTiming(timing["batch_size"], timing["ms_per_batch"] / 1000) for timing in measured])
+        best = best_batch_size([BatchTiming(timing["batch_size"], timing["ms_per_batch"] / 1000)
+                                for timing in measured])
+        if model is text_model:  # timed at full length: the best size caps padded tokens, not rows
+            assert item["max_padded_tokens"] == best * model.config.preprocessing.max_length
+            assert item["max_batch_size"] == configured
+        else:
+            assert item["max_padded_tokens"] is None
+            assert item["max_batch_size"] == best
         assert value(samples, "modelserver_max_batch_size", model=model.name) == item["max_batch_size"]
 
 

@@ -129,3 +129,36 @@ def test_batches_run_on_the_event_loop_still_form_from_concurrent_requests() -> 
     assert threads == {threading.main_thread().name}, "every batch ran on the event loop's thread"
     assert max(map(len, batches)) == MAX_BATCH, f"requests queued during a batch were not batched: {batches}"
     assert sum(map(len, batches)) == 40
+
+
+def test_the_padded_size_cap_fits_more_short_requests_than_long_ones() -> None:
+    """With `max_padded_size`, rows x the longest length in a batch stays within it: short texts share a
+    batch by the dozen, long ones go a few at a time."""
+    short, long = [10] * 12, [100] * 4
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def run(requests: Sequence[int]) -> list[int]:
+        if not batches:
+            release.wait(10)
+        batches.append(list(requests))
+        return list(requests)
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=16, max_queue_size=100,
+                                             length_of=lambda length: length, max_padded_size=200)
+        batcher.start()
+        deadline = time.perf_counter() + 30
+        first = asyncio.create_task(batcher.submit(1, 1, deadline))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(length, 1, deadline)) for length in long + short]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.drain()
+
+    asyncio.run(main())
+    queued = batches[1:]
+    assert sorted(length for batch in queued for length in batch) == sorted(long + short)
+    assert all(len(batch) * max(batch) <= 200 for batch in queued), queued
+    assert [10] * 12 in queued, f"the short requests should fill one batch: {queued}"
