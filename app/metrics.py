@@ -8,8 +8,15 @@ over the workers, each gauge combines as its `multiprocess_mode` says, and `proc
 from __future__ import annotations
 
 from prometheus_client import (
-    GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
-    disable_created_metrics, multiprocess,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
 )
 
 from app.workers import WorkerBoard, WorkersProcessCollector

@@ -20,7 +20,13 @@ from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceErro
 from app.image_decoding import decode_image
 from app.metrics import Metrics
 from app.runtime import (
-    CPU, CUDA, ProviderUnavailable, cpus_per_worker, create_session, ort, requested_providers,
+    CPU,
+    CUDA,
+    ProviderUnavailable,
+    cpus_per_worker,
+    create_session,
+    ort,
+    requested_providers,
 )
 from app.settings import Settings
 from app.text_encoding import TextEncoder

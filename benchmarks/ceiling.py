@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from app.batch_tuning import candidate_sizes
 from app.image_decoding import decode_image
 from app.runtime import CPU, create_session

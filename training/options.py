@@ -31,23 +31,27 @@ class CommonOptions:
     workers: int | None = None
     amp: bool = False
     quantize: bool = False
+    fp16: bool = False
     max_quantization_drop: float = 0.01
     max_batch_size: int = 64
 
 
 @dataclass(kw_only=True)
 class ImageOptions(CommonOptions):
-    """Image classifier: one data source, an architecture and the input preprocessing."""
+    """Image classifier: one data source (none with `pretrained`: the ImageNet classifier as published), an
+    architecture, its initial weights and the input preprocessing."""
 
     idx_dir: Path | None = None
     image_folder: Path | None = None
     test_folder: Path | None = None
     offline: str | None = None
     arch: str = "cnn"
+    pretrained: bool = False
+    freeze_epochs: int = 0
     image_size: int | None = None
     color_mode: str | None = None
     resize: int | None = None
-    interpolation: str = "bilinear"
+    interpolation: str | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
     augment: str = "auto"

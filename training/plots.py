@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from training.loop import EpochRecord  # noqa: E402
+from training.loop import EpochRecord
 
 
 def plot_training_curves(history: list[EpochRecord], path: Path, best_epoch: int) -> None:

@@ -1,4 +1,5 @@
-"""After training: plots, ONNX export and checks, optional INT8 quantization, config and publication."""
+"""After training: plots, ONNX export and checks, optional INT8 or float16 conversion, config and
+publication."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -26,18 +28,29 @@ from model_repository import (
 )
 from training.errors import ExportError
 from training.evaluate import compute_metrics
-from training.export import InputBatch, check_onnx_file, check_parity, export_onnx, onnx_predict, open_session
+from training.export import (
+    InputBatch,
+    check_onnx_file,
+    check_parity,
+    export_onnx,
+    onnx_predict,
+    open_session,
+    run_session,
+)
+from training.latency import latency_table
 from training.loop import FitResult
 from training.options import CommonOptions
 from training.plots import plot_confusion_matrix, plot_training_curves
-from training.quantize import quantize_dynamic_int8, quantize_static_qdq
+from training.quantize import convert_fp16, quantize_dynamic_int8, quantize_static_qdq
 from training.report import print_summary
 from training.repository import publish, staging_dir
 
 
 @dataclass
 class TrainedModel:
-    """Everything a task hands over once training and PyTorch evaluation are done."""
+    """Everything a task hands over once training and PyTorch evaluation are done. A model exported as
+    published, with no labelled data (`test_loader`, `metrics` and `fit` None), is compared on its
+    `parity_batches` alone."""
 
     task: Literal["image", "text"]
     model: nn.Module
@@ -46,9 +59,9 @@ class TrainedModel:
     inputs: list[TensorSpec]
     example: dict[str, torch.Tensor]
     parity_batches: list[InputBatch]
-    test_loader: DataLoader
-    metrics: EvaluationMetrics
-    fit: FitResult
+    test_loader: DataLoader | None
+    metrics: EvaluationMetrics | None
+    fit: FitResult | None
     training: dict[str, Any]
     calibration: list[InputBatch] | None = None
     extra_check: Callable[[ort.InferenceSession], str] | None = None
@@ -63,33 +76,71 @@ def _dynamic_axes(inputs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     }
 
 
-def _quantize(
+def _reduce_precision(
     trained: TrainedModel, fp32_path: Path, target: Path, options: CommonOptions
-) -> tuple[EvaluationMetrics, dict[str, Any]]:
-    """Write the INT8 model to `target`; its held-out accuracy may drop by `max_quantization_drop` at most."""
-    if trained.calibration is not None:
+) -> tuple[EvaluationMetrics | None, dict[str, Any]]:
+    """Write the INT8 (`--quantize`) or float16 (`--fp16`) model to `target` and compare it with the float32
+    one: file size, CPU latency at batch 1 and 8, top-1 agreement and, with labels, the held-out accuracy,
+    which may drop by `max_quantization_drop` at most."""
+    kind = "int8" if options.quantize else "fp16"
+    if options.fp16:
+        method = "float16 weights and compute, float32 inputs and outputs"
+        convert_fp16(fp32_path, target)
+    elif trained.calibration is not None:
         method = "static QDQ (per-channel INT8, calibrated)"
         quantize_static_qdq(fp32_path, target, trained.calibration)
     else:
         method = "dynamic (INT8 weights)"
         quantize_dynamic_int8(fp32_path, target)
-    logits, labels = onnx_predict(open_session(target), trained.test_loader)
-    metrics = compute_metrics(logits, labels, f"{trained.metrics.split}, INT8 ONNX")
-    drop = trained.metrics.accuracy - metrics.accuracy
-    info = {
+    reference, reduced = open_session(fp32_path), open_session(target)
+    metrics = None
+    if trained.test_loader is not None:
+        expected, labels = onnx_predict(reference, trained.test_loader)
+        logits, _ = onnx_predict(reduced, trained.test_loader)
+        metrics = compute_metrics(logits, labels, f"{trained.metrics.split}, {kind.upper()} ONNX")
+        compared_on = trained.metrics.split
+    else:
+        expected = np.concatenate([run_session(reference, batch) for batch in trained.parity_batches])
+        logits = np.concatenate([run_session(reduced, batch) for batch in trained.parity_batches])
+        compared_on = f"{len(logits)} parity inputs ({trained.training.get('dataset', 'no labels')})"
+    info: dict[str, Any] = {
         "method": method,
-        "fp32_accuracy": trained.metrics.accuracy,
-        "int8_accuracy": metrics.accuracy,
+        "top1_agreement": float((expected.argmax(axis=1) == logits.argmax(axis=1)).mean()),
+        "compared_on": compared_on,
         "fp32_bytes": fp32_path.stat().st_size,
-        "int8_bytes": target.stat().st_size,
+        f"{kind}_bytes": target.stat().st_size,
+        "cpu_latency_ms": {
+            "fp32": latency_table(reference, trained.parity_batches[0]),
+            kind: latency_table(reduced, trained.parity_batches[0]),
+        },
     }
-    if drop > options.max_quantization_drop:
-        raise ExportError(
-            f"INT8 quantization costs {100 * drop:.2f} accuracy points "
-            f"({100 * trained.metrics.accuracy:.2f}% -> {100 * metrics.accuracy:.2f}%), "
-            f"more than --max-quantization-drop {options.max_quantization_drop}"
-        )
+    if metrics is not None:
+        info.update({"fp32_accuracy": trained.metrics.accuracy, f"{kind}_accuracy": metrics.accuracy})
+        drop = trained.metrics.accuracy - metrics.accuracy
+        if drop > options.max_quantization_drop:
+            raise ExportError(
+                f"{'INT8 quantization' if options.quantize else 'float16'} costs {100 * drop:.2f} accuracy points "
+                f"({100 * trained.metrics.accuracy:.2f}% -> {100 * metrics.accuracy:.2f}%), "
+                f"more than --max-quantization-drop {options.max_quantization_drop}"
+            )
     return metrics, info
+
+
+def _precision_facts(kind: str, info: dict[str, Any]) -> dict[str, str]:
+    """Summary-table lines of a `_reduce_precision` report."""
+    latency = info["cpu_latency_ms"]
+    facts = {
+        f"{kind} top-1 agreement with fp32": f"{100 * info['top1_agreement']:.1f}% on {info['compared_on']}",
+        f"size fp32 -> {kind}": f"{info['fp32_bytes'] / 1e6:.2f} MB -> {info[f'{kind}_bytes'] / 1e6:.2f} MB",
+        f"CPU ms, batch 1 / 8, fp32 -> {kind}": (
+            f"{latency['fp32']['1']:.1f} / {latency['fp32']['8']:.1f} -> "
+            f"{latency[kind]['1']:.1f} / {latency[kind]['8']:.1f}"
+        ),
+    }
+    if "fp32_accuracy" in info:
+        change = info[f"{kind}_accuracy"] - info["fp32_accuracy"]
+        facts[f"{kind.upper()} accuracy change"] = f"{100 * change:+.2f} points"
+    return facts
 
 
 def publish_model(trained: TrainedModel, options: CommonOptions, version: int) -> Path:
@@ -124,27 +175,26 @@ def _build_version(trained: TrainedModel, options: CommonOptions, version: int, 
         training["onnx_parity_max_abs_diff"] = worst
         if trained.extra_check is not None:
             facts["padding check"] = trained.extra_check(session)
-        if options.quantize:
-            print("quantizing to INT8...", file=sys.stderr)
-            metrics, training["quantization"] = _quantize(trained, fp32_path, model_path, options)
-            quantization = training["quantization"]
-            facts["INT8 accuracy change"] = (
-                f"{100 * (quantization['int8_accuracy'] - quantization['fp32_accuracy']):+.2f} points"
-            )
-            facts["size fp32 -> int8"] = (
-                f"{quantization['fp32_bytes'] / 1e6:.2f} MB -> {quantization['int8_bytes'] / 1e6:.2f} MB"
-            )
+        if options.quantize or options.fp16:
+            kind = "int8" if options.quantize else "fp16"
+            print(f"converting to {kind.upper()} and comparing it with float32...", file=sys.stderr)
+            key = "quantization" if options.quantize else "fp16"
+            reduced_metrics, training[key] = _reduce_precision(trained, fp32_path, model_path, options)
+            metrics = reduced_metrics or metrics
+            facts.update(_precision_facts(kind, training[key]))
         else:
             shutil.copyfile(fp32_path, model_path)
     facts["ONNX file"] = f"{model_path.stat().st_size / 1e6:.2f} MB"
     if trained.write_files is not None:
         trained.write_files(staging)
-    (staging / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    plot_training_curves(trained.fit.history, staging / "training_curves.png", trained.fit.best_epoch)
-    plot_confusion_matrix(
-        metrics.confusion_matrix, trained.labels, staging / "confusion_matrix.png", metrics.split
-    )
-    training["history"] = trained.fit.as_dict()["history"]
+    if metrics is not None:
+        (staging / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        plot_confusion_matrix(
+            metrics.confusion_matrix, trained.labels, staging / "confusion_matrix.png", metrics.split
+        )
+    if trained.fit is not None:
+        plot_training_curves(trained.fit.history, staging / "training_curves.png", trained.fit.best_epoch)
+        training["history"] = trained.fit.as_dict()["history"]
     config = ModelConfig(
         name=options.name,
         version=version,

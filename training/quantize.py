@@ -1,4 +1,5 @@
-"""INT8 quantization with ONNX Runtime: static QDQ (calibrated) for CNNs, dynamic for text models."""
+"""Smaller ONNX models: INT8 with ONNX Runtime (static QDQ, calibrated, for CNNs; dynamic for text models),
+and float16 weights and compute for GPUs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -47,3 +49,12 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+
+
+def convert_fp16(source: Path, target: Path) -> None:
+    """float16 weights and arithmetic inside, float32 inputs and outputs (casts at the edges), so the server
+    feeds it exactly as the float32 model."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))

@@ -9,7 +9,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api_schemas import (
-    BatchTimingDescription, HealthResponse, ModelDescription, ModelsResponse, WorkerStatus,
+    BatchTimingDescription,
+    HealthResponse,
+    ModelDescription,
+    ModelsResponse,
+    WorkerStatus,
 )
 from app.dependencies import get_registry, health_access, metrics_access, require_api_key
 from app.registry import ModelRegistry

@@ -65,7 +65,8 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]
         with server.client() as client:
             digit = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
             answers = [
-                client.post("/predict", files={"file": ("digit-7.png", digit, "image/png")}),
+                client.post("/predict", params={"model": "mnist-cnn"},
+                            files={"file": ("digit-7.png", digit, "image/png")}),
                 client.post("/predict", json={"text": "a gripping, beautifully acted film"}),
                 client.post("/v2/models/mnist-cnn/infer", json={"inputs": [
                     {"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}),

@@ -94,7 +94,8 @@ def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
 
     with httpx.Client(base_url=url, timeout=30.0) as client:
         digit = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
-        image_answer = client.post("/predict", files={"file": ("digit-7.png", digit, "image/png")})
+        image_answer = client.post("/predict", params={"model": "mnist-cnn"},
+                                   files={"file": ("digit-7.png", digit, "image/png")})
         assert image_answer.status_code == 200, image_answer.text
         assert image_answer.json()["model"] == "mnist-cnn" and image_answer.json()["label"] == "7"
         text_answer = client.post("/predict", json={"text": "a gripping, beautifully acted film"})

@@ -12,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import REPO_ROOT, ModelUnderTest, ServerProcess, assert_json_error, assert_prediction, b64, scrape, value
+from .support import (
+    REPO_ROOT,
+    ModelUnderTest,
+    ServerProcess,
+    assert_json_error,
+    assert_prediction,
+    b64,
+    scrape,
+    value,
+)
 
 API_KEY = "test-key-5f1c2a"
 # SERVE_API_KEYS, accepted as well as SERVE_API_KEY: the new key of a rotation and one about to go.

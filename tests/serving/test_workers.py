@@ -16,7 +16,14 @@ import httpx
 
 from .conftest import CopyModels, StartServer
 from .support import (
-    Call, ModelUnderTest, ServerProcess, assert_prediction, edit_config, scrape, send_concurrently, value,
+    Call,
+    ModelUnderTest,
+    ServerProcess,
+    assert_prediction,
+    edit_config,
+    scrape,
+    send_concurrently,
+    value,
 )
 
 WORKERS = 2
