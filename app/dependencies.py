@@ -7,7 +7,7 @@ import hmac
 
 from fastapi import Request
 
-from app.errors import Unauthorized
+from app.errors import UnprocessableInput, Unauthorized
 from app.registry import ModelRegistry
 from app.settings import Settings
 
@@ -18,6 +18,25 @@ async def get_registry(request: Request) -> ModelRegistry:
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+REQUEST_TIMEOUT_HEADER = "x-request-timeout"
+
+
+def request_timeout_s(request: Request) -> float:
+    """The request's deadline in seconds: `X-Request-Timeout: <milliseconds>` when the client sets one, capped
+    by `SERVE_REQUEST_TIMEOUT_S` (the default when it does not)."""
+    cap: float = request.app.state.settings.request_timeout_s
+    given = request.headers.get(REQUEST_TIMEOUT_HEADER)
+    if given is None:
+        return cap
+    try:
+        milliseconds = float(given)
+    except ValueError:
+        milliseconds = float("nan")
+    if not 0 < milliseconds < float("inf"):
+        raise UnprocessableInput("X-Request-Timeout must be a positive number of milliseconds")
+    return min(milliseconds / 1000, cap)
 
 
 def _given_key(request: Request) -> str | None:

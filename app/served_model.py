@@ -291,13 +291,15 @@ class ServedModel:
 
     # Answering ---------------------------------------------------------------------------------------
 
-    async def predict(self, kind: Literal["text", "image"], inputs: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
-        """Label, score and top-k for each text or encoded image, in order."""
+    async def predict(self, kind: Literal["text", "image"], inputs: Sequence[Any], top_k: int,
+                      timeout_s: float) -> list[dict[str, Any]]:
+        """Label, score and top-k for each text or encoded image, in order, within `timeout_s`."""
         request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)))
-        return await self._submit(request)
+        return await self._submit(request, timeout_s)
 
-    async def infer(self, rows: list[Row], output_names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
-        """Raw output tensors, one dict per row, for already-preprocessed input rows."""
+    async def infer(self, rows: list[Row], output_names: tuple[str, ...],
+                    timeout_s: float) -> list[dict[str, np.ndarray]]:
+        """Raw output tensors, one dict per row, for already-preprocessed input rows, within `timeout_s`."""
         for name in output_names:
             if name not in self._output_names:
                 raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
@@ -305,14 +307,14 @@ class ServedModel:
             vocabulary = self._encoder.tokenizer.get_vocab_size()
             if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
                 raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
-        return await self._submit(WorkRequest("tensor", rows, "tensors", output_names=output_names))
+        return await self._submit(WorkRequest("tensor", rows, "tensors", output_names=output_names), timeout_s)
 
-    async def _submit(self, request: WorkRequest) -> list[Any]:
+    async def _submit(self, request: WorkRequest, timeout_s: float) -> list[Any]:
         if self._batcher is None or not self.ready:
             raise ModelNotReady(
                 f"model {self.name!r} is not ready ({self.state.value}); see /health, retry when /health/ready is 200"
             )
-        deadline = time.perf_counter() + self._settings.request_timeout_s
+        deadline = time.perf_counter() + timeout_s
         size = self.max_batch_size
         if len(request.inputs) <= size:
             return await self._batcher.submit(request, len(request.inputs), deadline)

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
-from app.dependencies import require_api_key
+from app.dependencies import request_timeout_s, require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -27,6 +27,9 @@ _OPENAPI_BODIES = {
          "description": "model name; optional with one model of the kind"},
         {"name": "top_k", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}, "description": "labels to return"},
+        {"name": "X-Request-Timeout", "in": "header", "required": False, "schema": {"type": "number"},
+         "description": "milliseconds the client will wait, capped by SERVE_REQUEST_TIMEOUT_S; a request still "
+                        "queued then gets 503 deadline_exceeded and never runs"},
     ],
     "requestBody": {
         "required": True,
@@ -170,7 +173,8 @@ async def predict(request: Request) -> Response:
     _check_limits(inputs, settings)
     served = registry.select(inputs.model or model, inputs.kind)
     request.state.model = served.name
-    predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k)
+    predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k,
+                                       request_timeout_s(request))
     if inputs.is_list:
         answer = {"model": served.name, "version": served.config.version, "predictions": predictions}
     else:

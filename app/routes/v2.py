@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.dependencies import get_registry, health_access, require_api_key
+from app.dependencies import get_registry, health_access, request_timeout_s, require_api_key
 from app.errors import InvalidInput, ModelNotFound
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -134,7 +134,7 @@ async def infer(request: Request) -> Response:
     inference, tensors = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     rows = _rows(model, tensors)
     output_names = tuple(item.name for item in inference.outputs or [])
-    answers = await model.infer(rows, output_names)
+    answers = await model.infer(rows, output_names, request_timeout_s(request))
     outputs = {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
     body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:
