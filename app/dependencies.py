@@ -7,7 +7,7 @@ import hmac
 
 from fastapi import Request
 
-from app.errors import UnprocessableInput, Unauthorized
+from app.errors import Forbidden, Unauthorized, UnprocessableInput
 from app.registry import ModelRegistry
 from app.settings import Settings
 
@@ -66,6 +66,13 @@ async def require_api_key(request: Request) -> None:
     if not matched:
         raise Unauthorized("missing or wrong API key: send it as `X-API-Key: <key>` or `Authorization: Bearer <key>`",
                            key_given=given is not None)
+
+
+async def require_admin_key(request: Request) -> None:
+    """Admin routes (loading and unloading models) always need a key: with none configured they are closed."""
+    if not request.app.state.settings.api_key_digests:
+        raise Forbidden("the model repository routes need an API key configured (SERVE_API_KEY or SERVE_API_KEYS)")
+    await require_api_key(request)
 
 
 async def health_access(request: Request) -> None:

@@ -56,9 +56,21 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"
+
+
+class ModelLoadFailed(ServiceError):
+    """A model asked to load (admin route) could not be served; the version already serving keeps serving."""
+
+    status_code = 400
+    code = "model_load_failed"
 
 
 class PayloadTooLarge(ServiceError):

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from app.errors import InvalidInput, ModelNotFound, ModelNotReady
+from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady
 from app.metrics import Metrics
 from app.served_model import ServedModel
 from app.settings import Settings
@@ -47,6 +47,7 @@ class ModelRegistry:
         self.workers = workers  # the other worker processes, when there are several
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
+        self._swapping = asyncio.Lock()  # one load or unload at a time
 
     def discover(self) -> None:
         """Read every selected model's config; a model that cannot be read is recorded as failed."""
@@ -102,6 +103,54 @@ class ModelRegistry:
                 self._metrics.model_ready.labels(model.name).set(1)
         if self.workers is not None:
             self.workers.publish(self.ready_here)
+
+    async def load(self, name: str) -> ServedModel:
+        """Serve the latest version of `name` in the repository, with no request failing meanwhile.
+
+        The new version loads and warms up beside the one serving; once ready, traffic switches to it at once
+        (the lookup and the enqueue of a request happen in one step of the event loop, so each request goes
+        wholly to one version), then the old version answers what it had queued and is freed. A version that
+        cannot be served raises `ModelLoadFailed` and the old one keeps serving.
+        """
+        async with self._swapping:
+            root = self._settings.models_dir
+            version = latest_version(root / name) if (root / name).is_dir() else None
+            if version is None:
+                raise ModelNotFound(f"no model named {name!r} in the model repository")
+            try:
+                config = load_config(version_dir(root, name, version))
+            except ModelRepositoryError as exc:
+                raise ModelLoadFailed(f"cannot load {name} version {version}: {exc}") from None
+            model = ServedModel(config, version_dir(root, name, version), self._settings, self._metrics)
+            await _run_in_daemon_thread(model.load, f"load-{name}-{version}")
+            old = self.models.get(name)
+            if model.error is not None:
+                keeps = f"; version {old.config.version} keeps serving" if old is not None else ""
+                raise ModelLoadFailed(f"cannot serve {name} version {version}: {model.error}{keeps}")
+            model.start()
+            self.models[name] = model
+            self.failures.pop(name, None)
+            self._metrics.model_info.labels(name, str(version), config.task, model.provider).set(1)
+            self._metrics.model_ready.labels(name).set(1)
+            logger.info("model %s: version %d serving", name, version)
+            if old is not None and old is not model:
+                await self._retire(old, replaced=old.config.version != version)
+            return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`: it answers what it had queued, then is freed; later requests get 404."""
+        async with self._swapping:
+            model = self.models.pop(name, None)
+            if model is None:
+                raise ModelNotFound(f"no model named {name!r} is loaded; loaded models: {sorted(self.models)}")
+            self._metrics.model_ready.labels(name).set(0)
+            await self._retire(model, replaced=True)
+
+    async def _retire(self, model: ServedModel, replaced: bool) -> None:
+        await model.drain()
+        if replaced:
+            self._metrics.model_info.remove(model.name, str(model.config.version), model.config.task, model.provider)
+        logger.info("model %s: version %d drained and freed", model.name, model.config.version)
 
     async def drain(self) -> None:
         """Stop intake and answer everything queued, for every model."""

@@ -8,7 +8,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.dependencies import get_registry, health_access, request_timeout_s, require_api_key
+from app.dependencies import (
+    get_registry,
+    health_access,
+    request_timeout_s,
+    require_admin_key,
+    require_api_key,
+)
 from app.errors import InvalidInput, ModelNotFound
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -129,9 +135,11 @@ async def infer(request: Request) -> Response:
     await require_api_key(request)
     registry: ModelRegistry = request.app.state.registry
     name, version = request.path_params["name"], request.path_params.get("version")
+    body = await request.body()
+    # From here to the batcher's queue nothing awaits, so a model swap (POST .../load) cannot come between.
     model = _model(registry, name, version)
     request.state.model = model.name
-    inference, tensors = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
     rows = _rows(model, tensors)
     output_names = tuple(item.name for item in inference.outputs or [])
     answers = await model.infer(rows, output_names, request_timeout_s(request))
@@ -140,3 +148,21 @@ async def infer(request: Request) -> Response:
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+@router.post("/repository/models/{name}/load", dependencies=[Depends(require_admin_key)],
+             responses={400: {"description": "the new version cannot be served; the old one keeps serving"},
+                        403: {"description": "no API key is configured"}, 404: {"description": "no such model"}})
+async def load_model(registry: Registry, name: str) -> dict[str, Any]:
+    """Serve the latest version of `name` in the repository: it loads and warms up beside the version
+    serving, takes the traffic once ready, and the old version finishes its queue and is freed."""
+    model = await registry.load(name)
+    return {"name": model.name, "version": str(model.config.version), "state": model.state.value}
+
+
+@router.post("/repository/models/{name}/unload", dependencies=[Depends(require_admin_key)],
+             responses={403: {"description": "no API key is configured"}, 404: {"description": "not loaded"}})
+async def unload_model(registry: Registry, name: str) -> dict[str, Any]:
+    """Stop serving `name`: queued requests are answered, later ones get 404."""
+    await registry.unload(name)
+    return {"name": name, "state": "unloaded"}
