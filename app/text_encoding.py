@@ -29,8 +29,13 @@ class TextEncoder:
         """One row per text: token ids, attention mask (and token type ids when the model takes them)."""
         if self.spec.lowercase:
             texts = [text.lower() for text in texts]
+        try:
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        except TypeError:  # a lone surrogate ("\ud800", which JSON escapes can carry) is not valid UTF-8
+            texts = [_valid_utf8(text) for text in texts]
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         rows = []
-        for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=True):
+        for encoding in encodings:
             ids = np.asarray(encoding.ids, dtype=np.int64)
             row = {TEXT_INPUT_IDS: ids}
             if TEXT_ATTENTION_MASK in self.input_names:
@@ -39,3 +44,8 @@ class TextEncoder:
                 row[TEXT_TOKEN_TYPE_IDS] = np.asarray(encoding.type_ids, dtype=np.int64)
             rows.append(row)
         return rows
+
+
+def _valid_utf8(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, the replacement character."""
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)

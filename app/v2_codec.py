@@ -8,6 +8,7 @@ Binary tensor data extension (as Triton and its clients use it): the header
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 CONFIG_DTYPE_TO_DATATYPE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
+# No tensor dimension is larger (numpy's limit is 2**63 - 1; a body under any limit holds far fewer values).
+MAX_DIMENSION = 2**31 - 1
 
 
 class RequestInput(BaseModel):
@@ -64,7 +67,8 @@ class InferenceRequest(BaseModel):
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """The request and its input tensors as arrays of the declared datatype and shape."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} does not fit a {len(body)}-byte body")
         head, binary = body[: int(header_length)], memoryview(body)[int(header_length):]
     else:
@@ -77,31 +81,48 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for item in request.inputs:
+        if item.name in tensors:
+            raise InvalidInput(f"input {item.name!r} appears more than once")
         dtype = DATATYPES.get(item.datatype)
         if dtype is None:
             raise InvalidInput(f"input {item.name!r}: unsupported datatype {item.datatype!r}")
-        if any(dim < 0 for dim in item.shape):
-            raise InvalidInput(f"input {item.name!r}: shape {item.shape} has a negative dimension")
-        count = int(np.prod(item.shape, dtype=np.int64))
+        if any(dim < 0 or dim > MAX_DIMENSION for dim in item.shape):
+            raise InvalidInput(f"input {item.name!r}: shape {item.shape} has a negative or too large "
+                               "dimension")
+        count = math.prod(item.shape)  # Python integers: no int64 wrap-around
         size = item.parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
                 raise InvalidInput(f"input {item.name!r}: binary_data_size {size} does not match shape "
                                    f"{item.shape} of {item.datatype} or the bytes sent")
-            array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(item.shape)
+            array = _reshape(item, np.frombuffer(binary[offset:offset + size], dtype=dtype), count)
             offset += size
         else:
             if item.data is None:
                 raise InvalidInput(f"input {item.name!r} has no data")
             try:
-                array = np.asarray(item.data, dtype=dtype).reshape(item.shape)
+                with np.errstate(over="ignore", invalid="ignore"):  # out of range: refused below
+                    values = np.asarray(item.data, dtype=dtype)
             except (ValueError, TypeError, OverflowError):
                 raise InvalidInput(f"input {item.name!r}: data does not hold {count} {item.datatype} values "
                                    f"for shape {item.shape}") from None
+            array = _reshape(item, values, count)
             if dtype.kind == "f" and np.isnan(array).any():  # JSON null becomes NaN; JSON has no NaN
-                raise InvalidInput(f"input {item.name!r}: data holds null values")
+                raise InvalidInput(f"input {item.name!r}: data holds null or NaN values")
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input {item.name!r}: data holds NaN, infinite or out-of-range "
+                               f"{item.datatype} values")
         tensors[item.name] = array
     return request, tensors
+
+
+def _reshape(item: RequestInput, values: np.ndarray, count: int) -> np.ndarray:
+    """`values` in the declared shape, or `InvalidInput` when they do not fill it."""
+    try:
+        return values.reshape(item.shape)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(f"input {item.name!r}: data does not hold {count} {item.datatype} values "
+                           f"for shape {item.shape}") from None
 
 
 def encode_response(

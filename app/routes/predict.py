@@ -108,7 +108,8 @@ def _parse_top_k(value: object, where: str) -> int | None:
     """A `top_k` sent as text (query string or form field): None when absent, else an integer in range."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.isdigit() or not 1 <= int(value) <= MAX_TOP_K:
+    digits = isinstance(value, str) and value.isascii() and value.isdigit()  # int() refuses '²', isdigit() not
+    if not digits or not 1 <= int(value) <= MAX_TOP_K:
         raise UnprocessableInput(f"invalid request: {where} must be an integer from 1 to {MAX_TOP_K}")
     return int(value)
 
