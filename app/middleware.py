@@ -7,6 +7,7 @@ import os
 import re
 import time
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, ServiceError, unexpected_error_response
@@ -67,6 +68,17 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series of each (route, model, status), looked up once: a lookup by label costs as much
+        # as the observation. Bounded: route templates, served models and status codes.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _request_series(self, route: str, model: str, status: int) -> tuple[Counter, Histogram]:
+        series = self._series.get((route, model, status))
+        if series is None:
+            series = (self.metrics.requests.labels(route, model, str(status)),
+                      self.metrics.request_duration.labels(route, model))
+            self._series[(route, model, status)] = series
+        return series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,8 +105,9 @@ class RequestMetrics:
             route = getattr(scope.get("route"), "path", "unmatched")
             state = scope.get("state", {})
             model = state.get("model", "")
-            self.metrics.requests.labels(route, model, str(status)).inc()
-            self.metrics.request_duration.labels(route, model).observe(time.perf_counter() - started)
+            requests, durations = self._request_series(route, model, status)
+            requests.inc()
+            durations.observe(time.perf_counter() - started)
             if unhandled:
                 self.metrics.errors.labels(model, ServiceError.code).inc()
             elif status >= 400:

@@ -76,6 +76,8 @@ class WorkRequest:
 
 def collate(rows: Sequence[Row], pad_values: dict[str, int], left: bool = False) -> dict[str, np.ndarray]:
     """Stack rows into batch tensors, padding sequences to the longest row in this batch."""
+    if len(rows) == 1:
+        return {name: array[None] for name, array in rows[0].items()}
     feeds = {}
     for name in rows[0]:
         arrays = [row[name] for row in rows]
@@ -124,6 +126,9 @@ class ServedModel:
             self._pad_values[TEXT_INPUT_IDS] = config.preprocessing.pad_token_id
         self._batcher: Batcher[WorkRequest, Any] | None = None
         self._single_cpu = False  # set once the session exists: runs on the CPU, in a process with one CPU
+        # This model's histograms, looked up once: a lookup by label costs as much as the observation.
+        self._preprocess_seconds = metrics.preprocess_duration.labels(self.name)
+        self._inference_seconds = metrics.inference_duration.labels(self.name)
 
     # Loading -----------------------------------------------------------------------------------------
 
@@ -234,12 +239,12 @@ class ServedModel:
     def start(self) -> None:
         """Open the batcher once the model is ready; call from the serving event loop."""
         metrics, name = self._metrics, self.name
+        batch_sizes, queue_waits = metrics.batch_size.labels(name), metrics.queue_wait.labels(name)
 
         def on_batch(rows: int, waits: list[float]) -> None:
-            metrics.batch_size.labels(name).observe(rows)
-            histogram = metrics.queue_wait.labels(name)
+            batch_sizes.observe(rows)
             for wait in waits:
-                histogram.observe(wait)
+                queue_waits.observe(wait)
 
         self._batcher = Batcher(
             name,
@@ -352,8 +357,8 @@ class ServedModel:
                 return outcomes
             finished = time.perf_counter()
             if record:
-                self._metrics.preprocess_duration.labels(self.name).observe(ran - started)
-                self._metrics.inference_duration.labels(self.name).observe(finished - ran)
+                self._preprocess_seconds.observe(ran - started)
+                self._inference_seconds.observe(finished - ran)
             start = 0
             for index in good:
                 end = start + len(prepared[index])
