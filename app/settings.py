@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(default=False, description="uvicorn's access log (costs about 40% throughput)")
     workers: int = Field(
         default=1, ge=1,
-        description="server processes on the one port, each with its own sessions and batchers; 1 unless "
-        "more measurably pay (see docs/benchmarks.md): on 2 CPUs they do not",
+        description="server processes on the one port, each with its own sessions and batchers and 1/N of "
+        "the CPUs; more pay for small models under load and cost heavy models latency at low load "
+        "(docs/benchmarks.md)",
     )
     graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
 

@@ -166,7 +166,7 @@ def test_docs_and_openapi(http: httpx.Client) -> None:
     content = predict["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
     assert "file" in content["multipart/form-data"]["schema"]["properties"]
-    assert {parameter["name"] for parameter in predict["parameters"]} == {"model", "top_k"}
+    assert {parameter["name"] for parameter in predict["parameters"]} == {"model", "top_k", "X-Request-Timeout"}
     for path in ("/health", "/health/live", "/health/ready", "/models", "/metrics", "/v2/models/{name}/infer"):
         assert path in document["paths"], path
 
