@@ -37,6 +37,7 @@ class _Pending(Generic[RequestT]):
     rows: int
     deadline: float
     future: asyncio.Future[Any]
+    length: int  # `length_of(request)`, worked out once; 0 without length bucketing
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -109,7 +110,8 @@ class Batcher(Generic[RequestT, ResultT]):
             if not self._queue and self._run_inline(rows):
                 return self._run_now(request, rows)
         loop = asyncio.get_running_loop()
-        pending = _Pending(request, rows, deadline, loop.create_future())
+        length = self._length_of(request) if self._length_of is not None else 0
+        pending = _Pending(request, rows, deadline, loop.create_future(), length)
         if first_in_line:  # others queued during its turn: it goes first in their batch
             self._queue.appendleft(pending)
         else:
@@ -198,7 +200,7 @@ class Batcher(Generic[RequestT, ResultT]):
         now = time.perf_counter()
         self._drop_dead(now)
         if self._length_of is not None and len(self._queue) > 1:
-            batch = self._pop_similar_lengths(self._length_of)
+            batch = self._pop_similar_lengths()
         else:
             batch = self._pop_oldest()
         if self._on_queue_change:
@@ -232,14 +234,13 @@ class Batcher(Generic[RequestT, ResultT]):
         self._queued_rows -= rows
         return batch
 
-    def _pop_similar_lengths(self, length_of: Callable[[RequestT], int]) -> list[_Pending[RequestT]]:
+    def _pop_similar_lengths(self) -> list[_Pending[RequestT]]:
         """The oldest request, then the queued ones nearest to it in length while they fit."""
         oldest = self._queue[0]
-        target = length_of(oldest.request)
-        batch, rows, longest = [oldest], oldest.rows, target
-        by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(length_of(pending.request) - target))
+        batch, rows, longest = [oldest], oldest.rows, oldest.length
+        by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(pending.length - oldest.length))
         for pending in by_closeness:
-            length = max(longest, length_of(pending.request))
+            length = max(longest, pending.length)
             if rows + pending.rows > self.max_batch_size or (
                 self.max_padded_size is not None and (rows + pending.rows) * length > self.max_padded_size
             ):

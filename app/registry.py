@@ -96,11 +96,7 @@ class ModelRegistry:
             if model.error is not None and strict:
                 raise StartupFailed(f"cannot serve {model.name}: {model.error}")
             if model.error is None:
-                model.start()
-                self._metrics.model_info.labels(
-                    model.name, str(model.config.version), model.config.task, model.provider
-                ).set(1)
-                self._metrics.model_ready.labels(model.name).set(1)
+                self._open(model)
         if self.workers is not None:
             self.workers.publish(self.ready_here)
 
@@ -117,25 +113,31 @@ class ModelRegistry:
             version = latest_version(root / name) if (root / name).is_dir() else None
             if version is None:
                 raise ModelNotFound(f"no model named {name!r} in the model repository")
+            directory = version_dir(root, name, version)
             try:
-                config = load_config(version_dir(root, name, version))
+                config = load_config(directory)
             except ModelRepositoryError as exc:
                 raise ModelLoadFailed(f"cannot load {name} version {version}: {exc}") from None
-            model = ServedModel(config, version_dir(root, name, version), self._settings, self._metrics)
+            model = ServedModel(config, directory, self._settings, self._metrics)
             await _run_in_daemon_thread(model.load, f"load-{name}-{version}")
             old = self.models.get(name)
             if model.error is not None:
                 keeps = f"; version {old.config.version} keeps serving" if old is not None else ""
                 raise ModelLoadFailed(f"cannot serve {name} version {version}: {model.error}{keeps}")
-            model.start()
+            self._open(model)
             self.models[name] = model
             self.failures.pop(name, None)
-            self._metrics.model_info.labels(name, str(version), config.task, model.provider).set(1)
-            self._metrics.model_ready.labels(name).set(1)
             logger.info("model %s: version %d serving", name, version)
-            if old is not None and old is not model:
+            if old is not None:
                 await self._retire(old, replaced=old.config.version != version)
             return model
+
+    def _open(self, model: ServedModel) -> None:
+        """Start a loaded model's batcher and say so in the metrics."""
+        model.start()
+        config = model.config
+        self._metrics.model_info.labels(model.name, str(config.version), config.task, model.provider).set(1)
+        self._metrics.model_ready.labels(model.name).set(1)
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: it answers what it had queued, then is freed; later requests get 404."""

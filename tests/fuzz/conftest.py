@@ -22,31 +22,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.serving.support import REPO_ROOT, ModelUnderTest, ServerProcess
+# The fuzzed server is the serving suite's: both bundled models, with low limits the fuzzers cross cheaply.
+from tests.serving.conftest import IMAGE_MODEL, MODELS_DIR, TEXT_MODEL, start_limited_server
+from tests.serving.support import ModelUnderTest, ServerProcess
 
-MODELS_DIR = REPO_ROOT / "models"
-IMAGE_MODEL = "mnist-cnn"
-TEXT_MODEL = "sst2-textcnn"
-
-# Limits of the fuzzed server: low, so the fuzzers cross them cheaply.
-MAX_BODY_BYTES = 1024 * 1024
-MAX_IMAGE_PIXELS = 250_000
-MAX_ITEMS = 64
-
-settings.register_profile(
-    "quick",
-    max_examples=150,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "long",
-    max_examples=3000,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+for name, examples in (("quick", 150), ("long", 3000)):
+    settings.register_profile(name, max_examples=examples, deadline=None, database=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("FUZZ_PROFILE", "quick"))
 
 
@@ -76,17 +58,7 @@ def text_model() -> ModelUnderTest:
 @pytest.fixture(scope="session")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server with both bundled models and low limits, shared by the fuzz tests."""
-    process = ServerProcess(
-        MODELS_DIR,
-        tmp_path_factory.mktemp("fuzz-server"),
-        {
-            "SERVE_MODELS": f"{IMAGE_MODEL},{TEXT_MODEL}",
-            "SERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-            "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
-            "SERVE_MAX_ITEMS_PER_REQUEST": str(MAX_ITEMS),
-        },
-    )
-    process.start().wait_ready()
+    process = start_limited_server(tmp_path_factory.mktemp("fuzz-server"))
     yield process
     process.stop()
 

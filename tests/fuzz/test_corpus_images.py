@@ -9,6 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.serving.conftest import MAX_IMAGE_PIXELS
 from tests.serving.support import (
     Call,
     ModelUnderTest,
@@ -19,7 +20,7 @@ from tests.serving.support import (
     send_concurrently,
 )
 
-from .conftest import MAX_IMAGE_PIXELS, assert_healthy
+from .conftest import assert_healthy
 from .images import (
     WRITABLE,
     animated_gif,

@@ -79,17 +79,21 @@ def reviews() -> list[str]:
     return list(REVIEWS)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, image_model: ModelUnderTest,
-           text_model: ModelUnderTest) -> Iterator[ServerProcess]:
-    """The shared server: both models, ready, with low request limits."""
-    process = ServerProcess(models_dir, tmp_path_factory.mktemp("server"), {
-        "SERVE_MODELS": f"{image_model.name},{text_model.name}",
+def start_limited_server(workdir: Path) -> ServerProcess:
+    """A server of both bundled models, ready, with the low request limits above (also used by tests/fuzz)."""
+    process = ServerProcess(MODELS_DIR, workdir, {
+        "SERVE_MODELS": f"{IMAGE_MODEL},{TEXT_MODEL}",
         "SERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
         "SERVE_MAX_ITEMS_PER_REQUEST": str(MAX_ITEMS),
     })
-    process.start().wait_ready()
+    return process.start().wait_ready()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shared server: both models, ready, with low request limits."""
+    process = start_limited_server(tmp_path_factory.mktemp("server"))
     yield process
     process.stop()
 

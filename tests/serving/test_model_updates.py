@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from .conftest import CopyModels, StartServer
-from .support import ModelUnderTest, assert_json_error, edit_config
+from .support import ModelUnderTest, ServerProcess, assert_json_error, edit_config
 
 KEY = "admin-key"
 HEADERS = {"X-API-Key": KEY}
@@ -30,13 +30,18 @@ def publish_version(model_root: Path, source_version: int, version: int, labels:
     staging.rename(model_root / str(version))
 
 
+def serve_a_copy(start_server: StartServer, copy_models: CopyModels,
+                 model: ModelUnderTest) -> tuple[ServerProcess, Path]:
+    """A server with an API key on a copy of `model`'s folder (returned, to publish versions into)."""
+    models = copy_models(model.name)
+    return start_server(models, SERVE_API_KEY=KEY).wait_ready(), models / model.name
+
+
 def test_a_new_version_takes_over_under_load_with_no_failed_request(
     start_server: StartServer, copy_models: CopyModels, image_model: ModelUnderTest, digits: list[bytes],
 ) -> None:
-    models = copy_models(image_model.name)
-    model_root = models / image_model.name
-    (first_version,) = [int(path.name) for path in model_root.iterdir() if path.name.isdigit()]
-    server = start_server(models, SERVE_API_KEY=KEY).wait_ready()
+    server, model_root = serve_a_copy(start_server, copy_models, image_model)
+    first_version = image_model.config.version
     renamed = [f"v2-{label}" for label in image_model.labels]
     expected = [int(np.argmax(image_model.image_probabilities(digit))) for digit in digits[:32]]
     answers: list[tuple[int, httpx.Response]] = []
@@ -86,10 +91,8 @@ def test_a_new_version_takes_over_under_load_with_no_failed_request(
 def test_a_broken_version_leaves_the_old_one_serving_and_unload_stops_the_model(
     start_server: StartServer, copy_models: CopyModels, image_model: ModelUnderTest, digits: list[bytes],
 ) -> None:
-    models = copy_models(image_model.name)
-    model_root = models / image_model.name
-    (first_version,) = [int(path.name) for path in model_root.iterdir() if path.name.isdigit()]
-    server = start_server(models, SERVE_API_KEY=KEY).wait_ready()
+    server, model_root = serve_a_copy(start_server, copy_models, image_model)
+    first_version = image_model.config.version
     publish_version(model_root, first_version, first_version + 1, list(image_model.labels))
     onnx_file = model_root / str(first_version + 1) / image_model.config.onnx_file
     onnx_file.write_bytes(onnx_file.read_bytes()[:-64])  # truncated: its sha256 no longer matches
