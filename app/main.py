@@ -14,6 +14,7 @@ from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.registry import ModelRegistry
 from app.routes import health, predict, v2
+from app.routes.request_route import DirectRoutes, RequestRoute
 from app.settings import Settings
 from app.workers import WorkerBoard, shared_directory
 
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(v2.infer_router)
+    direct = [route for router in (predict.router, v2.infer_router) for route in router.routes
+              if isinstance(route, RequestRoute)]
+    app.add_middleware(DirectRoutes, routes=direct, exception_handlers=app.exception_handlers)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(RequestId)
