@@ -9,7 +9,8 @@ plus the queued ones closest to it in length, so padding stays small under mixed
 batch (rows times its longest length) stays within `max_padded_size`, so a batch of short texts holds more
 rows than one of long texts; the oldest always goes first, so none starves. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
-when the deadline passes), and `drain()` stops intake and answers everything already queued.
+when the deadline passes), a request whose client has gone (`client_gone`) is dropped unrun
+(`ClientDisconnected`) when its batch forms, and `drain()` stops intake and answers everything already queued.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from app.errors import ClientDisconnected, DeadlineExceeded, QueueFull, ShuttingDown
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -38,6 +39,7 @@ class _Pending(Generic[RequestT]):
     deadline: float
     future: asyncio.Future[Any]
     length: int  # `length_of(request)`, worked out once; 0 without length bucketing
+    client_gone: Callable[[], bool] | None
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -86,11 +88,13 @@ class Batcher(Generic[RequestT, ResultT]):
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
 
-    async def submit(self, request: RequestT, rows: int, deadline: float) -> ResultT:
+    async def submit(self, request: RequestT, rows: int, deadline: float,
+                     client_gone: Callable[[], bool] | None = None) -> ResultT:
         """Queue `request` (`rows` rows, at most `max_batch_size`) and wait for its result.
 
-        `deadline` is a `time.perf_counter()` value. Raises `QueueFull`, `ShuttingDown`,
-        `DeadlineExceeded`, or the exception the batch function gave for this request.
+        `deadline` is a `time.perf_counter()` value; `client_gone` says whether the client has left, checked
+        when the request's batch forms. Raises `QueueFull`, `ShuttingDown`, `DeadlineExceeded`,
+        `ClientDisconnected`, or the exception the batch function gave for this request.
         """
         if self._draining or self._worker is None:
             raise ShuttingDown(f"model {self.name!r} is not taking requests: the service is shutting down")
@@ -111,7 +115,7 @@ class Batcher(Generic[RequestT, ResultT]):
                 return self._run_now(request, rows)
         loop = asyncio.get_running_loop()
         length = self._length_of(request) if self._length_of is not None else 0
-        pending = _Pending(request, rows, deadline, loop.create_future(), length)
+        pending = _Pending(request, rows, deadline, loop.create_future(), length, client_gone)
         if first_in_line:  # others queued during its turn: it goes first in their batch
             self._queue.appendleft(pending)
         else:
@@ -203,6 +207,7 @@ class Batcher(Generic[RequestT, ResultT]):
             batch = self._pop_similar_lengths()
         else:
             batch = self._pop_oldest()
+        batch = [pending for pending in batch if not self._client_left(pending)]
         if self._on_queue_change:
             self._on_queue_change(len(self._queue))
         if self._on_batch and batch:
@@ -223,6 +228,15 @@ class Batcher(Generic[RequestT, ResultT]):
             live.append(pending)
         self._queue = live
         self._queued_rows = sum(pending.rows for pending in live)
+
+    def _client_left(self, pending: _Pending[RequestT]) -> bool:
+        """Whether the request's client has closed its connection; if so, its request is answered unrun."""
+        if pending.client_gone is None or not pending.client_gone():
+            return False
+        pending.future.set_exception(
+            ClientDisconnected(f"the client left while its request for model {self.name!r} was queued")
+        )
+        return True
 
     def _pop_oldest(self) -> list[_Pending[RequestT]]:
         batch: list[_Pending[RequestT]] = []

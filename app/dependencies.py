@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from fastapi import Request
 
@@ -37,6 +38,27 @@ def request_timeout_s(request: Request) -> float:
     if not 0 < milliseconds < float("inf"):
         raise UnprocessableInput("X-Request-Timeout must be a positive number of milliseconds")
     return min(milliseconds / 1000, cap)
+
+
+def client_gone(request: Request) -> Callable[[], bool]:
+    """A check of whether the client has closed its connection, cheap enough to make for every queued request;
+    use it once the request body has been read.
+
+    It takes one step of the ASGI `receive()`: for a closed connection that step returns `http.disconnect` at
+    once; otherwise `receive()` starts waiting for the disconnect, and the step is abandoned.
+    """
+    receive = request.receive
+
+    def gone() -> bool:
+        step = receive()
+        try:
+            step.send(None)
+        except StopIteration as done:
+            return bool(done.value["type"] == "http.disconnect")
+        step.close()
+        return False
+
+    return gone
 
 
 def _given_key(request: Request) -> str | None:

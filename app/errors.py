@@ -109,6 +109,14 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class ClientDisconnected(ServiceError):
+    """The client closed its connection while its request was queued, so the request was not run. Nobody reads
+    the answer; the status (nginx's 499) is for `/metrics` and the logs."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
 class InferenceFailed(ServiceError):
     """The model failed on a request's input: `message` is the answer, `cause` (ONNX Runtime's error) goes to
     the log only."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -297,14 +297,16 @@ class ServedModel:
     # Answering ---------------------------------------------------------------------------------------
 
     async def predict(self, kind: Literal["text", "image"], inputs: Sequence[Any], top_k: int,
-                      timeout_s: float) -> list[dict[str, Any]]:
-        """Label, score and top-k for each text or encoded image, in order, within `timeout_s`."""
+                      timeout_s: float, client_gone: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+        """Label, score and top-k for each text or encoded image, in order, within `timeout_s`; not run if
+        `client_gone()` is true when its batch forms."""
         request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)))
-        return await self._submit(request, timeout_s)
+        return await self._submit(request, timeout_s, client_gone)
 
-    async def infer(self, rows: list[Row], output_names: tuple[str, ...],
-                    timeout_s: float) -> list[dict[str, np.ndarray]]:
-        """Raw output tensors, one dict per row, for already-preprocessed input rows, within `timeout_s`."""
+    async def infer(self, rows: list[Row], output_names: tuple[str, ...], timeout_s: float,
+                    client_gone: Callable[[], bool] | None = None) -> list[dict[str, np.ndarray]]:
+        """Raw output tensors, one dict per row, for already-preprocessed input rows, within `timeout_s`; not
+        run if `client_gone()` is true when its batch forms."""
         for name in output_names:
             if name not in self._output_names:
                 raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
@@ -312,9 +314,11 @@ class ServedModel:
             vocabulary = self._encoder.tokenizer.get_vocab_size()
             if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
                 raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
-        return await self._submit(WorkRequest("tensor", rows, "tensors", output_names=output_names), timeout_s)
+        request = WorkRequest("tensor", rows, "tensors", output_names=output_names)
+        return await self._submit(request, timeout_s, client_gone)
 
-    async def _submit(self, request: WorkRequest, timeout_s: float) -> list[Any]:
+    async def _submit(self, request: WorkRequest, timeout_s: float,
+                      client_gone: Callable[[], bool] | None) -> list[Any]:
         if self._batcher is None or not self.ready:
             raise ModelNotReady(
                 f"model {self.name!r} is not ready ({self.state.value}); see /health, retry when /health/ready is 200"
@@ -322,14 +326,14 @@ class ServedModel:
         deadline = time.perf_counter() + timeout_s
         size = self.max_batch_size
         if len(request.inputs) <= size:
-            return await self._batcher.submit(request, len(request.inputs), deadline)
+            return await self._batcher.submit(request, len(request.inputs), deadline, client_gone)
         # More rows than one batch holds: queue every chunk at once, so they run in back-to-back batches.
         chunks = [
             replace(request, inputs=request.inputs[start:start + size])
             for start in range(0, len(request.inputs), size)
         ]
         answers = await asyncio.gather(
-            *(self._batcher.submit(chunk, len(chunk.inputs), deadline) for chunk in chunks)
+            *(self._batcher.submit(chunk, len(chunk.inputs), deadline, client_gone) for chunk in chunks)
         )
         return [result for answer in answers for result in answer]
 

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
-from app.dependencies import request_timeout_s, require_api_key
+from app.dependencies import client_gone, request_timeout_s, require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -175,7 +175,7 @@ async def predict(request: Request) -> Response:
     served = registry.select(inputs.model or model, inputs.kind)
     request.state.model = served.name
     predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k,
-                                       request_timeout_s(request))
+                                       request_timeout_s(request), client_gone(request))
     if inputs.is_list:
         answer = {"model": served.name, "version": served.config.version, "predictions": predictions}
     else:

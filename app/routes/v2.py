@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.dependencies import (
+    client_gone,
     get_registry,
     health_access,
     request_timeout_s,
@@ -142,7 +143,7 @@ async def infer(request: Request) -> Response:
     inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
     rows = _rows(model, tensors)
     output_names = tuple(item.name for item in inference.outputs or [])
-    answers = await model.infer(rows, output_names, request_timeout_s(request))
+    answers = await model.infer(rows, output_names, request_timeout_s(request), client_gone(request))
     outputs = {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
     body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:

@@ -2,10 +2,14 @@
 
 A request still queued at its deadline answers 503 `deadline_exceeded` (with `Retry-After`) and never runs,
 the same on `/predict` and `/v2`; a bad header is a 422; a deadline longer than the server's changes nothing.
+A request whose client closed its connection while it was queued is not run either (499 `client_disconnected`
+in `/metrics`).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 from pathlib import Path
 
 import httpx
@@ -55,3 +59,47 @@ def test_a_bad_timeout_header_is_422(http: httpx.Client, digits: list[bytes], he
     response = http.post("/predict", params={"model": "mnist-cnn"}, headers={"X-Request-Timeout": header},
                          files={"file": ("digit.png", digits[0], "image/png")})
     assert_json_error(response, 422)
+
+
+def test_a_request_whose_client_left_while_queued_never_runs(
+    start_server: StartServer, models_dir: Path, image_model: ModelUnderTest, digits: list[bytes],
+) -> None:
+    """The client closing its connection is the other way of giving up: the request is dropped when its batch
+    forms, counted as `client_disconnected` (status 499), and the requests of clients that stayed still run."""
+    hold_ms = 3000  # room to send every request, see them queued and close some connections
+    server = start_server(models_dir, SERVE_MODELS=image_model.name, SERVE_MAX_BATCH_WAIT_MS=str(hold_ms),
+                          SERVE_BATCH_SIZE_SEARCH="false", SERVE_REQUEST_TIMEOUT_S="30")
+    server.wait_ready()
+    pixels = image_model.image_tensor(digits[0])
+    v2_body = json.dumps({"inputs": [{"name": image_model.config.inputs[0].name, "shape": [1, *pixels.shape],
+                                      "datatype": "FP32", "data": pixels.ravel().tolist()}]})
+
+    def send(path: str, body: bytes | str, content_type: str) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", path, body, {"Content-Type": content_type})
+        return connection
+
+    predict_path = f"/predict?model={image_model.name}"
+    staying = [send(predict_path, digits[index], "image/png") for index in range(3)]
+    leaving = [send(predict_path, digits[index], "image/png") for index in range(3, 7)]
+    leaving.append(send(f"/v2/models/{image_model.name}/infer", v2_body, "application/json"))
+    with server.client() as client:
+        before = scrape(client)
+        queued = len(staying) + len(leaving)
+        server.wait_for(lambda probe: value(scrape(probe), "modelserver_queue_depth", model=image_model.name)
+                        == queued, hold_ms / 1000, what=f"{queued} requests queued")
+        for connection in leaving:
+            connection.close()
+        for index, connection in enumerate(staying):
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            assert_prediction(json.loads(response.read()), image_model.image_probabilities(digits[index]),
+                              image_model.labels, 5)
+            connection.close()
+        after = scrape(client)
+
+    def change(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert change("modelserver_batch_size_sum", model=image_model.name) == len(staying), "a left request ran"
+    assert change("modelserver_errors_total", model=image_model.name, kind="client_disconnected") == len(leaving)
