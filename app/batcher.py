@@ -9,7 +9,8 @@ plus the queued ones closest to it in length, so padding stays small under mixed
 batch (rows times its longest length) stays within `max_padded_size`, so a batch of short texts holds more
 rows than one of long texts; the oldest always goes first, so none starves. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
-when the deadline passes), a request whose client has gone (`client_gone`) is dropped unrun
+when the deadline passes, or at once if the rows queued ahead of it, at the pace batches have been running,
+would take longer than its deadline leaves), a request whose client has gone (`client_gone`) is dropped unrun
 (`ClientDisconnected`) when its batch forms, and `drain()` stops intake and answers everything already queued.
 """
 
@@ -30,6 +31,10 @@ ResultT = TypeVar("ResultT")
 
 # Runs in the batcher's worker thread: one outcome (a result or the exception for that request) per request.
 BatchFunction = Callable[[Sequence[RequestT]], list[Any]]
+
+# The weight of the latest batch in the running estimate of seconds per row (which tells how long the queue
+# will take): a few batches of a new pace (a burst of long texts, a busier CPU) move it most of the way.
+PACE_SMOOTHING = 0.3
 
 
 @dataclass(eq=False)
@@ -78,6 +83,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._draining = False
+        self._seconds_per_row = 0.0  # the recent pace of batches; 0 until one has run
 
     @property
     def queue_depth(self) -> int:
@@ -102,6 +108,11 @@ class Batcher(Generic[RequestT, ResultT]):
             raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
         if rows > self.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}")
+        backlog_s = self._queued_rows * self._seconds_per_row
+        if backlog_s and time.perf_counter() + backlog_s > deadline:
+            # It would reach its deadline in the queue: refused now, it costs neither a queue slot nor the wait.
+            raise DeadlineExceeded(f"model {self.name!r} has about {backlog_s:.2f} s of requests queued, more "
+                                   "than this request's deadline leaves; retry later")
         first_in_line = self._run_inline is not None and self._idle() and self._run_inline(rows)
         if first_in_line:
             # Claim the batcher, then give the loop one turn, so requests the server has already read queue
@@ -144,10 +155,18 @@ class Batcher(Generic[RequestT, ResultT]):
         """Run one request as a batch of its own on the calling (event loop) thread."""
         if self._on_batch:
             self._on_batch(rows, [0.0])
+        started = time.perf_counter()
         (outcome,) = self._run_batch([request])
+        self._note_pace(time.perf_counter() - started, rows)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def _note_pace(self, seconds: float, rows: int) -> None:
+        per_row = seconds / rows
+        if self._seconds_per_row:
+            per_row = self._seconds_per_row + PACE_SMOOTHING * (per_row - self._seconds_per_row)
+        self._seconds_per_row = per_row
 
     async def drain(self) -> None:
         """Refuse new requests, finish every queued one, then stop the worker thread."""
@@ -164,8 +183,10 @@ class Batcher(Generic[RequestT, ResultT]):
             if not batch:
                 return
             requests = [pending.request for pending in batch]
-            inline = self._run_inline is not None and self._run_inline(sum(pending.rows for pending in batch))
+            rows = sum(pending.rows for pending in batch)
+            inline = self._run_inline is not None and self._run_inline(rows)
             self._running = True
+            started = time.perf_counter()
             try:
                 if inline:
                     outcomes = self._run_batch(requests)
@@ -175,6 +196,7 @@ class Batcher(Generic[RequestT, ResultT]):
                 outcomes = [exc] * len(batch)
             finally:
                 self._running = False
+            self._note_pace(time.perf_counter() - started, rows)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if pending.future.done():  # its caller gave up (deadline or disconnect)
                     continue

@@ -100,6 +100,37 @@ def test_a_request_past_its_deadline_gets_deadline_exceeded_and_never_runs() -> 
     assert ran == [["slow"]], f"a request past its deadline ran: {ran}"
 
 
+def test_a_request_that_cannot_start_before_its_deadline_is_refused_at_once() -> None:
+    """Once batches have shown their pace, a request whose deadline is shorter than the work queued ahead of
+    it is refused at once (not at its deadline) and never runs; the queued requests are all answered."""
+    ran: list[str] = []
+
+    def run(requests: Sequence[str]) -> list[str]:
+        ran.extend(requests)
+        time.sleep(0.05 * len(requests))
+        return list(requests)
+
+    async def main() -> tuple[BaseException | str, float, list[str]]:
+        batcher: Batcher[str, str] = Batcher("test", run, max_batch_size=1, max_queue_size=100)
+        batcher.start()
+        await batcher.submit("first", 1, time.perf_counter() + 30)  # the pace: 50 ms per row
+        queued = [asyncio.create_task(batcher.submit(f"queued-{i}", 1, time.perf_counter() + 30))
+                  for i in range(10)]
+        await asyncio.sleep(0)  # each queues: about 0.5 s of work ahead of the next request
+        started = time.perf_counter()
+        hurried = await asyncio.gather(batcher.submit("hurried", 1, started + 0.2), return_exceptions=True)
+        waited = time.perf_counter() - started
+        answers = await asyncio.gather(*queued)
+        await batcher.drain()
+        return hurried[0], waited, answers
+
+    hurried, waited, answers = asyncio.run(main())
+    assert isinstance(hurried, DeadlineExceeded), hurried
+    assert waited < 0.05, f"the refusal took {waited:.2f} s"
+    assert "hurried" not in ran
+    assert answers == [f"queued-{i}" for i in range(10)]
+
+
 def test_batches_run_on_the_event_loop_still_form_from_concurrent_requests() -> None:
     """With `run_inline` saying yes (one CPU, a fast model), batches run on the loop's own thread, and the
     requests that arrive while one runs still go together into the next batch, each with its own answer."""
