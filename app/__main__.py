@@ -11,17 +11,24 @@ import tempfile
 import uvicorn
 from fastapi import FastAPI
 
+from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import Settings
+from app.shutdown import defer_sigterm
 from app.workers import SHARED_DIRECTORY_ENV
 
+APP_FACTORY = "app.__main__:create_served_app"
 
-def create_worker_app() -> FastAPI:
-    """The app of one worker process (uvicorn's factory): settings and logging come from the environment."""
+
+def create_served_app() -> FastAPI:
+    """The app of one server process (uvicorn's factory, called as it starts serving): settings and logging
+    come from the environment; SIGTERM first stops intake (app.shutdown)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    defer_sigterm(app.state.registry.stop_intake, settings.shutdown_delay_s)
+    return app
 
 
 def main() -> None:
@@ -36,16 +43,18 @@ def main() -> None:
         "log_level": settings.log_level,
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "http": LimitedHttpToolsProtocol,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,  # the head limit LimitedHttpToolsProtocol applies
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(APP_FACTORY, factory=True, **options)
         return
     # The workers share metrics and readiness through a fresh directory (app.workers), made before they start:
     # prometheus-client reads its location when each worker imports it.
     shared = tempfile.mkdtemp(prefix="modelserver-workers-")
     os.environ[SHARED_DIRECTORY_ENV] = shared
     try:
-        uvicorn.run("app.__main__:create_worker_app", factory=True, workers=settings.workers, **options)
+        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 

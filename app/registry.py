@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady
+from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
 from app.metrics import Metrics
 from app.served_model import ServedModel
 from app.settings import Settings
@@ -48,6 +48,7 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
         self._swapping = asyncio.Lock()  # one load or unload at a time
+        self.stopping = False  # set by stop_intake(), once the process is told to stop
 
     def discover(self) -> None:
         """Read every selected model's config; a model that cannot be read is recorded as failed."""
@@ -164,10 +165,27 @@ class ModelRegistry:
         if self.workers is not None:
             self.workers.leave()
 
+    def stop_intake(self) -> None:
+        """The process is stopping: not ready from now on, and new requests are refused with 503
+        `shutting_down`; those already queued or running still get their answers."""
+        self.stopping = True
+        if self.workers is not None:
+            self.workers.publish(False)
+
+    def _refuse_when_stopping(self) -> None:
+        """Once stop_intake() was called, raise ShuttingDown, with `Connection: close` so that the client's
+        next request opens a new connection, to another server."""
+        if self.stopping:
+            refusal = ShuttingDown("this server is shutting down; retry, another one will answer")
+            refusal.headers = {**(refusal.headers or {}), "Connection": "close"}
+            raise refusal
+
     @property
     def ready_here(self) -> bool:
-        """True only when every configured model is ready in this process, and there is at least one."""
-        return bool(self.models) and not self.failures and all(model.ready for model in self.models.values())
+        """True only when every configured model is ready in this process, there is at least one, and the
+        process is not stopping."""
+        return (not self.stopping and bool(self.models) and not self.failures
+                and all(model.ready for model in self.models.values()))
 
     @property
     def ready(self) -> bool:
@@ -175,6 +193,7 @@ class ModelRegistry:
         return self.ready_here and (self.workers is None or self.workers.all_ready())
 
     def get(self, name: str) -> ServedModel:
+        self._refuse_when_stopping()
         model = self.models.get(name)
         if model is None:
             if name in self.failures:
@@ -189,6 +208,7 @@ class ModelRegistry:
             if model.config.task != task:
                 raise InvalidInput(f"model {name!r} is a {model.config.task} model; it cannot take {task} input")
             return model
+        self._refuse_when_stopping()
         candidates = [model for model in self.models.values() if model.config.task == task]
         if not candidates:
             raise ModelNotFound(f"no {task} model is loaded; loaded models: {sorted(self.models) or 'none'}")

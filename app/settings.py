@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         "(docs/benchmarks.md)",
     )
     graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024,
+        description="request line and headers larger than this (or with over 100 fields) are refused with 431 "
+        "before the app reads them",
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0, ge=0,
+        description="on SIGTERM, how long the socket stays open with /health/ready and new requests answering "
+        "503 while queued ones finish, before the graceful shutdown; set it to the time a load balancer that "
+        "polls /health/ready takes to stop sending, where nothing takes the server out of rotation first "
+        "(Kubernetes does: the preStop sleep in k8s/)",
+    )
 
     @field_validator("api_key", "api_keys")
     @classmethod

@@ -45,15 +45,19 @@ async def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     tags=["health"],
-    responses={503: {"description": "a configured model is not loaded and warmed up yet, or failed"}},
+    responses={503: {"description": "a configured model is not loaded and warmed up yet, or failed, or the "
+                                   "server is shutting down"}},
     dependencies=HealthAccess,
 )
 async def ready(registry: Registry) -> JSONResponse:
-    """Kubernetes readiness probe: 200 only when every configured model is loaded and warmed up."""
+    """Kubernetes readiness probe: 200 only when every configured model is loaded and warmed up, and the
+    server is not shutting down."""
     if registry.ready:
         return JSONResponse({"status": "ready"})
     not_ready = {item["name"]: item["error"] or item["state"] for item in registry.status() if item["state"] != "ready"}
-    if not registry.models and not registry.failures:
+    if registry.stopping:
+        message = "shutting down"
+    elif not registry.models and not registry.failures:
         message = "no models configured"
     elif registry.ready_here and registry.workers is not None:
         ready_workers = sum(registry.workers.workers().values())

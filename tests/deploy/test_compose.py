@@ -33,8 +33,9 @@ DEFAULT_SERVICES = {"modelserver", "prometheus", "grafana"}
 GPU_PROFILE_SERVICES = {"modelserver-gpu", "dcgm-exporter"}
 SERVER_IMAGE = "onnx-classifier-serving"
 SERVICE_JOB = "onnx-classifier-serving"
-# The app's default SERVE_GRACEFUL_SHUTDOWN_S (app/settings.py).
+# The app's defaults of SERVE_GRACEFUL_SHUTDOWN_S and SERVE_SHUTDOWN_DELAY_S (app/settings.py).
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30
+DEFAULT_SHUTDOWN_DELAY_S = 0
 
 Service = dict[str, Any]
 
@@ -156,12 +157,15 @@ def test_servers_build_the_image_targets() -> None:
 
 
 def test_stop_grace_period_outlasts_the_drain() -> None:
-    """Compose sends SIGKILL after stop_grace_period: it must leave the server its whole drain time."""
+    """Compose sends SIGKILL after stop_grace_period: it must leave the server its delay and whole drain time."""
     for name, service in server_services(gpu_config()).items():
         environment = service.get("environment", {})
         drain = float(environment.get("SERVE_GRACEFUL_SHUTDOWN_S", DEFAULT_GRACEFUL_SHUTDOWN_S))
+        delay = float(environment.get("SERVE_SHUTDOWN_DELAY_S", DEFAULT_SHUTDOWN_DELAY_S))
         grace = seconds(str(service.get("stop_grace_period", "10s")))
-        assert grace >= drain + 5, f"{name}: stop_grace_period {grace:.0f} s, drain up to {drain:.0f} s"
+        assert grace >= delay + drain + 5, (
+            f"{name}: stop_grace_period {grace:.0f} s, delay {delay:.0f} s and drain up to {drain:.0f} s"
+        )
 
 
 def test_gpu_server_reserves_an_nvidia_gpu() -> None:

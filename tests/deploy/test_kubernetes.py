@@ -328,10 +328,14 @@ def test_termination_grace_covers_the_prestop_sleep_and_the_drain(target: str) -
     pre_stop = server_container(manifests)["lifecycle"]["preStop"]
     assert set(pre_stop) == {"sleep"}, "the kubelet's sleep action: no binary needed in the image"
     sleep = pre_stop["sleep"]["seconds"]
-    drain = int(settings_of(manifests)["SERVE_GRACEFUL_SHUTDOWN_S"])
+    settings = settings_of(manifests)
+    drain = int(settings["SERVE_GRACEFUL_SHUTDOWN_S"])
+    delay = float(settings["SERVE_SHUTDOWN_DELAY_S"])
     grace = pod["terminationGracePeriodSeconds"]
     assert sleep > 0 and drain > 0
-    assert grace > sleep + drain, f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain}"
+    assert grace > sleep + delay + drain, (
+        f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + delay {delay} + drain {drain}"
+    )
 
 
 @pytest.mark.parametrize("target", OVERLAYS)

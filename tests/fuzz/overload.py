@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,26 @@ async def closed_loop(port: int, requests: list[Request], clients: int, seconds:
     started = time.monotonic()
     await asyncio.gather(*(client() for _ in range(clients)))
     return answered / (time.monotonic() - started)
+
+
+async def burst(port: int, requests: list[Request], clients: int) -> list[Outcome]:
+    """Send each request once, `clients` at a time (each sending one after another); the outcomes in order."""
+    queue = iter(enumerate(requests))
+    outcomes: list[Outcome] = []
+
+    async def client() -> None:
+        for index, request in queue:
+            outcomes.append(await send_one(port, request, index, 30.0))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return sorted(outcomes, key=lambda outcome: outcome.index)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` (all its threads) so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime and stime, in ticks
 
 
 def rss_mb(pid: int) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -28,45 +29,68 @@ def _request_head(port: int, length: int, path: str = "/predict", extra: bytes =
     )
 
 
-def test_many_small_headers_are_answered(fuzz_server: ServerProcess) -> None:
-    headers = b"".join(b"X-Filler-%d: %d\r\n" % (i, i) for i in range(100))
-    response = raw_http(fuzz_server.port, _request_head(fuzz_server.port, len(BODY), extra=headers), [BODY])
+# The server's defaults (app/http_limits.py): bytes of the request line and header fields, and fields.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+OWN_FIELDS = 4  # those of _request_head
+
+
+def _filler(count: int, value_bytes: int = 1) -> bytes:
+    return b"".join(b"X-Filler-%03d: %s\r\n" % (i, b"v" * value_bytes) for i in range(count))
+
+
+def _counted(head: bytes) -> int:
+    """What the server counts of `head` before refusing it: the request target, and `name:value\\r\\n` of each
+    field (the least that a field takes); never more than the head's size."""
+    request_line, *fields = head.decode("latin-1").split("\r\n")
+    target = request_line.split(" ")[1]
+    return len(target) + sum(len(name) + len(value.strip()) + 3 for name, value in (f.split(":", 1) for f in fields if f))
+
+
+def _head_with_long_header(port: int, size: int, measure: Callable[[bytes], int]) -> bytes:
+    """A request head with one long header, making `measure(head) == size`."""
+    short = _request_head(port, len(BODY), extra=b"X-Long: v\r\n")
+    head = _request_head(port, len(BODY), extra=b"X-Long: " + b"v" * (size - measure(short) + 1) + b"\r\n")
+    assert measure(head) == size
+    return head
+
+
+@pytest.mark.parametrize("case", ["as-many-fields-as-allowed", "head-as-long-as-allowed"])
+def test_heads_within_the_limits_are_answered(case: str, fuzz_server: ServerProcess) -> None:
+    port = fuzz_server.port
+    head = (
+        _request_head(port, len(BODY), extra=_filler(MAX_HEADERS - OWN_FIELDS))
+        if case == "as-many-fields-as-allowed"
+        else _head_with_long_header(port, MAX_HEAD_BYTES, len)
+    )
+    response = raw_http(port, head, [BODY])
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's httptools parser sets no limit on header size: 10,000 "
-    "headers or one 64 MB header are buffered whole and answered 200 (memory grows with each); "
-    "app/__main__.py could run uvicorn's h11 parser with h11_max_incomplete_event_size, or "
-    "cap headers before the app",
-)
-@pytest.mark.parametrize("flood", ["10k-headers", "one-1MB-header"])
+FLOODS = ["one-field-too-many", "one-byte-too-many", "10k-headers", "one-1MB-header", "one-8MB-header", "1MB-url"]
+
+
+@pytest.mark.parametrize("flood", FLOODS)
 def test_header_floods_are_refused(flood: str, fuzz_server: ServerProcess) -> None:
-    extra = (
-        b"".join(b"X-Flood-%d: %s\r\n" % (i, b"v" * 40) for i in range(10_000))
-        if flood == "10k-headers"
-        else b"X-Flood: " + b"v" * (1 << 20) + b"\r\n"
-    )
-    response = raw_http(fuzz_server.port, _request_head(fuzz_server.port, len(BODY), extra=extra), [BODY])
-    assert response.status_code in (400, 413, 431), response.status_code
-
-
-@pytest.mark.parametrize("flood", ["10k-headers", "one-8MB-header", "1MB-url"])
-def test_server_survives_header_floods(flood: str, fuzz_server: ServerProcess) -> None:
-    """Whatever the answer to a flood (uvicorn's 400, or a 200), the connection ends and the server serves."""
-    if flood == "1MB-url":
+    """Too large a request head is answered 431 before the app sees it (while the client is still sending it),
+    the connection closes, and the server serves others."""
+    port = fuzz_server.port
+    if flood == "one-byte-too-many":
+        head = _head_with_long_header(port, MAX_HEAD_BYTES + 1, _counted)
+    elif flood == "1MB-url":
         head = b"GET /health/live?" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        body = b""
     else:
-        extra = (
-            b"".join(b"X-Flood-%d: %s\r\n" % (i, b"v" * 40) for i in range(10_000))
-            if flood == "10k-headers"
-            else b"X-Flood: " + b"v" * (8 << 20) + b"\r\n"
-        )
-        head, body = _request_head(fuzz_server.port, len(BODY), extra=extra), BODY
-    response = raw_http(fuzz_server.port, head, [body])
-    assert response.status_code in (200, 400, 413, 431), response.status_code
+        extra = {
+            "one-field-too-many": _filler(MAX_HEADERS - OWN_FIELDS + 1),
+            "10k-headers": _filler(10_000, 40),
+            "one-1MB-header": b"X-Flood: " + b"v" * (1 << 20) + b"\r\n",
+            "one-8MB-header": b"X-Flood: " + b"v" * (8 << 20) + b"\r\n",
+        }[flood]
+        head = _request_head(port, len(BODY), extra=extra)
+    response = raw_http(port, head, [BODY])
+    assert response.status_code == 431, (response.status_code, response.text)
+    assert response.headers["connection"] == "close"
+    assert response.json()["code"] == "request_header_fields_too_large"
     assert_healthy(fuzz_server)
 
 

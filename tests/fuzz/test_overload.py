@@ -1,13 +1,15 @@
 """A quick overload run: open-loop load at OVERLOAD_FACTOR (4) times the measured sustainable rate for
 OVERLOAD_SECONDS (2 s) against a real server, with distinct texts and images. Every request gets exactly
 one response (200, or 429/503/504 when shed), every 200 carries the answer to its own input (checked against
-the model run directly with ONNX Runtime), and the server is ready and quick again afterwards."""
+the model run directly with ONNX Runtime), and the server is ready and quick again afterwards. And a
+refusal costs the server far less CPU than an answer."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tests.serving.support import ModelUnderTest, ServerProcess, assert_prediction
 
 from .conftest import IMAGE_MODEL, MODELS_DIR, TEXT_MODEL, env_number, write_report
-from .overload import Outcome, Request, closed_loop, open_loop, percentile, rss_mb
+from .overload import Outcome, Request, burst, closed_loop, cpu_seconds, open_loop, percentile, rss_mb
 
 SHED = {429, 503, 504}
 WORDS = [
@@ -250,3 +252,50 @@ def test_overload_server_recovers(overload_run: OverloadRun, overload_server: Se
     assert overload_run.figures["ready_after_s"] < 5, overload_run.figures
     assert overload_run.latency_after <= 3 * overload_run.latency_before + 0.01, overload_run.figures
     assert overload_server.process is not None and overload_server.process.poll() is None
+
+
+# Bursts of the CPU measurement, per second of OVERLOAD_SECONDS: refusals are cheap, so more of them are sent
+# to measure their CPU time well (/proc counts it in 10 ms ticks).
+ANSWERS_PER_SECOND = 100
+REFUSALS_PER_ANSWER = 5
+CLIENTS = 8
+
+
+def test_a_refusal_costs_far_less_cpu_than_an_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Server CPU seconds per request of a burst answered 200, and of the same requests refused 503 (the server
+    is shutting down, so every request is refused: after reading and parsing it, before any preprocessing or
+    inference, as a request shed for a full queue is)."""
+    server = ServerProcess(MODELS_DIR, tmp_path_factory.mktemp("shedding-server"), {
+        "SERVE_MODELS": f"{IMAGE_MODEL},{TEXT_MODEL}",
+        "SERVE_SHUTDOWN_DELAY_S": "300",  # refusing until the SIGINT below
+    })
+    server.start().wait_ready()
+    assert server.process is not None
+    pid = server.process.pid
+    answers = int(env_number("OVERLOAD_SECONDS", 2) * ANSWERS_PER_SECOND)
+    requests, _ = distinct_inputs(answers)
+    try:
+        asyncio.run(burst(server.port, requests[:2 * CLIENTS], CLIENTS))  # warm-up
+        before = cpu_seconds(pid)
+        served = asyncio.run(burst(server.port, requests, CLIENTS))
+        answer_cpu = (cpu_seconds(pid) - before) / len(served)
+        server.terminate()
+        server.wait_for(lambda client: client.get("/health/ready").status_code == 503, 10, what="shutting down")
+        before = cpu_seconds(pid)
+        refused = asyncio.run(burst(server.port, requests * REFUSALS_PER_ANSWER, CLIENTS))
+        refusal_cpu = (cpu_seconds(pid) - before) / len(refused)
+    finally:
+        server.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown, without waiting out the delay
+        server.process.wait(60)
+    assert Counter(outcome.status for outcome in served) == {200: len(served)}
+    assert Counter(outcome.status for outcome in refused) == {503: len(refused)}
+    assert all(outcome.body["code"] == "shutting_down" for outcome in refused)
+    figures = {
+        "answered": len(served),
+        "refused": len(refused),
+        "cpu_ms_per_answer": round(answer_cpu * 1000, 3),
+        "cpu_ms_per_refusal": round(refusal_cpu * 1000, 3),
+        "refusals_per_answer_cpu": round(answer_cpu / refusal_cpu, 1),
+    }
+    write_report("shedding", figures)
+    assert refusal_cpu < answer_cpu / 3, figures

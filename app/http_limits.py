@@ -1,0 +1,102 @@
+"""uvicorn's httptools protocol with a bound on the request head, which uvicorn leaves unbounded.
+
+uvicorn reads a request line and headers of any size with httptools (its `h11_max_incomplete_event_size`
+bounds only its h11 parser): 10,000 headers, or one header of 64 MB, are buffered whole and reach the app.
+`LimitedHttpToolsProtocol` answers 431 Request Header Fields Too Large instead, before the app, to a request
+whose head (request line and header fields, as sent) is over `max_head_bytes` or has more than `MAX_HEADERS`
+fields. A head arriving in several reads is refused as soon as it passes the limit, so at most a read or two
+past it is ever held.
+
+The defaults, 64 KiB and 100 fields, are Envoy's (60 KiB, 100) rounded up, so whatever a proxy in front
+forwards is accepted; Apache and gunicorn allow 100 fields too, nginx about 32 KiB of head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+# After the 431 the server keeps reading (and dropping) what the client still sends for this long, as
+# nginx's lingering close does: closing at once would reset the connection and lose the answer.
+LINGER_SECONDS = 5.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop httptools; uvicorn then calls `send_400_response`."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HttpToolsProtocol, refusing oversized request heads with 431 (pass it as uvicorn's `http`).
+
+    The head limit is uvicorn's own setting for its h11 parser, `h11_max_incomplete_event_size`.
+    """
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.max_head_bytes = config.h11_max_incomplete_event_size or DEFAULT_MAX_HEAD_BYTES
+        self._in_head = False  # between the first byte of a request and the end of its headers
+        self._read_size = 0  # of the read being parsed
+        self._first_read = 0  # the size of the read in which the current head began
+        self._head_reads = 0  # the sizes of the reads holding part of the current head, added up
+        self._over_limit = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._over_limit:
+            return  # dropped: the 431 is on its way and the connection closes (see _refuse)
+        self._read_size = len(data)
+        if self._in_head:
+            self._head_reads += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_reads - self._first_read > self.max_head_bytes and not self._over_limit:
+            # Still in the head, so every read after its first was all head (perhaps one field that
+            # httptools buffers until it ends): too much already, without waiting for the end.
+            self._refuse()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._first_read = self._head_reads = self._read_size
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        # The reads the head spans bound its size: only a head spanning more than the limit is measured.
+        too_large = self._head_reads > self.max_head_bytes and self._head_size() > self.max_head_bytes
+        if too_large or len(self.headers) > MAX_HEADERS:
+            self._over_limit = True
+            raise _HeadTooLarge  # httptools stops; uvicorn calls send_400_response
+        super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The head's size as sent, at the least: the request target, and `name:value\\r\\n` for each field."""
+        return len(self.url) + sum(len(name) + len(value) + 3 for name, value in self.headers)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._over_limit:
+            self._refuse()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse(self) -> None:
+        """Answer 431, then drop whatever else comes, and close once the client has read the answer (or after
+        LINGER_SECONDS)."""
+        self._over_limit = True
+        body = json.dumps({
+            "error": f"the request line and headers exceed {self.max_head_bytes} bytes or {MAX_HEADERS} fields",
+            "code": "request_header_fields_too_large",
+        }).encode()
+        head = [STATUS_LINE[431]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+        self.transport.write(b"".join(head) + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client reads the answer and closes; eof_received then closes ours
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
