@@ -30,6 +30,7 @@ from app.runtime import (
 )
 from app.settings import Settings
 from app.text_encoding import TextEncoder
+from app.workers import one_worker_at_a_time
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
 from model_repository.schema import TEXT_INPUT_IDS
 
@@ -199,9 +200,10 @@ class ServedModel:
             for _ in range(self._settings.warmup_runs):
                 self._run_warm_up_batch(rows)
         search = self._settings.batch_size_search
-        self.batch_curve = batch_tuning.measure(
-            self._run_warm_up_batch, batch_tuning.candidate_sizes(configured) if search else [1]
-        )
+        with one_worker_at_a_time("batch-size-search"):
+            self.batch_curve = batch_tuning.measure(
+                self._run_warm_up_batch, batch_tuning.candidate_sizes(configured) if search else [1]
+            )
         if not search:
             return
         best_rows = batch_tuning.best_batch_size(self.batch_curve)

@@ -9,9 +9,11 @@ every worker is ready. The supervisor replaces a worker that dies; the replaceme
 
 from __future__ import annotations
 
+import fcntl
 import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import ProcessCollector, multiprocess
@@ -36,6 +38,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # alive, under another user
         return True
     return True
+
+
+@contextmanager
+def one_worker_at_a_time(name: str) -> Iterator[None]:
+    """Run the block in one worker at a time (an exclusive lock on a file named `name` in the shared
+    directory); in a single process, just run it. The workers start together, and timings taken in several of
+    them at once would measure their competition for the CPUs, not the model."""
+    directory = shared_directory()
+    if directory is None:
+        yield
+        return
+    with (directory / f"{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class WorkerBoard:

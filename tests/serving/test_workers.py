@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
+from app.workers import SHARED_DIRECTORY_ENV, one_worker_at_a_time
+
 from .conftest import CopyModels, StartServer
 from .support import (
+    REPO_ROOT,
     Call,
     ModelUnderTest,
     ServerProcess,
@@ -121,3 +127,26 @@ def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: Cop
         assert_prediction(outcome.json(), image_model.image_probabilities(image), image_model.labels, 5)
     assert server.process is not None
     assert server.process.wait(60) == 0, server.log()
+
+
+def test_batch_size_searches_take_turns_across_workers(tmp_path: Path) -> None:
+    """Workers start together; timing batch sizes in two at once would measure their competition for the CPUs.
+    A second worker's search waits until the first one's is done."""
+    env = {**os.environ, SHARED_DIRECTORY_ENV: str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
+    other_worker = ("import time\nfrom app.workers import one_worker_at_a_time\nprint('waiting', flush=True)\n"
+                    "with one_worker_at_a_time('batch-size-search'):\n    print(time.monotonic(), flush=True)\n")
+    os.environ[SHARED_DIRECTORY_ENV] = str(tmp_path)
+    try:
+        with one_worker_at_a_time("batch-size-search"):
+            other = subprocess.Popen([sys.executable, "-c", other_worker], env=env, cwd=REPO_ROOT,
+                                     stdout=subprocess.PIPE, text=True)
+            assert other.stdout is not None
+            assert other.stdout.readline().strip() == "waiting"
+            time.sleep(0.5)
+            assert other.poll() is None, "the other worker's search ran while this one's was running"
+            released = time.monotonic()
+        started = float(other.stdout.readline())
+        assert other.wait(30) == 0
+    finally:
+        del os.environ[SHARED_DIRECTORY_ENV]
+    assert started >= released
