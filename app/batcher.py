@@ -122,7 +122,8 @@ class Batcher(Generic[RequestT, ResultT]):
                 await asyncio.sleep(0)
             finally:
                 self._claimed = False
-            if not self._queue and self._run_inline(rows):
+            # Draining began during that turn: the worker may be gone, so a request left alone runs now.
+            if not self._queue and (self._draining or self._run_inline(rows)):
                 return self._run_now(request, rows)
         loop = asyncio.get_running_loop()
         length = self._length_of(request) if self._length_of is not None else 0

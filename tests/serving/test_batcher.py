@@ -131,6 +131,31 @@ def test_a_request_that_cannot_start_before_its_deadline_is_refused_at_once() ->
     assert answers == [f"queued-{i}" for i in range(10)]
 
 
+def test_a_request_claiming_the_loop_when_draining_begins_is_still_answered() -> None:
+    """A lone request takes one loop turn before it runs (to let batch-mates queue). If a drain begins in that
+    turn and the worker, finding the queue empty, stops, the request must run by itself rather than queue for
+    a worker that is gone. Whether it would run on the loop can change within the turn (with several CPUs it
+    depends on the requests in flight), so the stand-in answers differently the second time."""
+    # queued (not inline) / the worker runs that batch inline / the lone request claims / ... then would queue
+    inline_answers = iter([False, True, True, False, False])
+
+    async def main() -> tuple[str, str]:
+        batcher: Batcher[str, str] = Batcher("test", list, max_batch_size=MAX_BATCH, max_queue_size=10,
+                                             run_inline=lambda rows: next(inline_answers))
+        batcher.start()
+        deadline = time.perf_counter() + 30
+        first = asyncio.create_task(batcher.submit("first", 1, deadline))
+        await asyncio.sleep(0)  # it queues; the worker wakes next turn and runs it on the loop
+        lone = asyncio.create_task(batcher.submit("lone", 1, deadline))  # claims right after that batch
+        drain = asyncio.create_task(batcher.drain())  # in the same turn as the claim
+        done, _ = await asyncio.wait([first, lone], timeout=2)
+        assert lone in done, "the request was queued after the worker had stopped, and never answered"
+        await drain
+        return first.result(), lone.result()
+
+    assert asyncio.run(main()) == ("first", "lone")
+
+
 def test_batches_run_on_the_event_loop_still_form_from_concurrent_requests() -> None:
     """With `run_inline` saying yes (one CPU, a fast model), batches run on the loop's own thread, and the
     requests that arrive while one runs still go together into the next batch, each with its own answer."""
