@@ -380,6 +380,15 @@ async def read_service_metrics(port: int) -> dict[tuple[str, str], float]:
     return {(m[1], m[2]): float(m[3]) for line in body.decode().splitlines() if (m := METRIC_LINE.match(line))}
 
 
+async def read_batch_caps(port: int, model: str) -> dict[str, Any]:
+    """The batch caps the service's warm-up search chose for `model`, from `/models`."""
+    status, body = await http_get(port, "/models")
+    if status != 200:
+        return {}
+    described = next((item for item in json.loads(body)["models"] if item["name"] == model), {})
+    return {key: described.get(key) for key in ("max_batch_size", "max_padded_tokens", "batch_size_curve")}
+
+
 def service_means(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
                   model: str) -> dict[str, float | None]:
     means: dict[str, float | None] = {}
@@ -494,11 +503,14 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
     answers: dict[str, dict[int, dict[int, bytes]]] = {}  # server -> step -> input index -> last answer
     startup: dict[str, float] = {}
     affinity: dict[str, list[str]] = {}
+    batch_caps: dict[str, Any] = {}  # what the service's warm-up search chose (it varies on a flat curve)
     for name in args.servers:
         server = Server(name, case, model_dir, args, cpus, logs / f"{case.name}-{name}.log")
         try:
             startup[name] = await server.start()
             affinity[name] = sorted(thread_affinities(server.pid))
+            if name == "service":
+                batch_caps = await read_batch_caps(server.port, config.name)
             answers[name] = {}
             generator = LoadGenerator(server.port, requests_for(name, server.port, case, inputs))
             window = window_seconds(name, ceilings[-1], config, args)
@@ -517,7 +529,7 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
         "case": asdict(case), "model_dir": str(model_dir), "model": config.name, "version": config.version,
         "max_batch_size": config.max_batch_size, "inputs": {"kind": inputs.name, "count": len(inputs.items),
                                                            "source": inputs.source},
-        "server_startup_s": startup, "server_thread_cpus": affinity,
+        "server_startup_s": startup, "server_thread_cpus": affinity, "service_batch_caps": batch_caps,
         "ceilings": [asdict(c) for c in ceilings], "cells": [asdict(c) for c in cells],
         "correctness": compare_answers(answers, inputs, levels),
     }
@@ -703,7 +715,12 @@ def case_markdown(case: dict[str, Any]) -> list[str]:
                           for name, pair in check["pairs"].items())
         lines += ["", f"Answers ({'OK' if check.get('ok') else 'MISMATCH'}): {pairs}."]
     startup = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in case["server_startup_s"].items())
-    lines += ["", f"Start-up to ready: {startup}.", ""]
+    lines += ["", f"Start-up to ready: {startup}."]
+    caps = case.get("service_batch_caps") or {}
+    if caps:
+        padded = f", at most {caps['max_padded_tokens']} padded tokens" if caps.get("max_padded_tokens") else ""
+        lines += ["", f"The service's batches (chosen at warm-up): at most {caps['max_batch_size']} rows{padded}."]
+    lines += [""]
     return lines
 
 
