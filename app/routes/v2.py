@@ -20,7 +20,13 @@ from app.errors import InvalidInput, ModelNotFound
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
 from app.served_model import NUMPY_DTYPES, ServedModel
-from app.v2_codec import CONFIG_DTYPE_TO_DATATYPE, HEADER_LENGTH, encode_response, parse_request
+from app.v2_codec import (
+    CONFIG_DTYPE_TO_DATATYPE,
+    HEADER_LENGTH,
+    InferenceRequest,
+    encode_response,
+    parse_request,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 # `infer` is the hot path: a RequestRoute, documented by FastAPI but called directly (see request_route.py).
@@ -124,13 +130,50 @@ def _rows(model: ServedModel, tensors: dict[str, np.ndarray]) -> list[dict[str, 
     return [{name: array[index] for name, array in tensors.items()} for index in range(count)]
 
 
-def _path_parameters(*names: str) -> dict[str, Any]:
-    return {"parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                           for name in names]}
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` references replaced by the definitions (for `openapi_extra`,
+    whose schemas FastAPI does not register as components)."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
 
 
-@infer_router.post("/models/{name}/infer", openapi_extra=_path_parameters("name"))
-@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_path_parameters("name", "version"))
+def _infer_openapi(*path_names: str) -> dict[str, Any]:
+    """The infer route's parameters and bodies, which its endpoint reads itself."""
+    path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path_names]
+    headers = [
+        {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+         "schema": {"type": "integer", "minimum": 0},
+         "description": "binary tensor extension: the length of the JSON head; raw tensor bytes follow it"},
+        {"name": "X-Request-Timeout", "in": "header", "required": False, "schema": {"type": "number"},
+         "description": "milliseconds the client will wait, capped by SERVE_REQUEST_TIMEOUT_S"},
+    ]
+    return {
+        "parameters": path + headers,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inlined(InferenceRequest.model_json_schema())},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "a JSON head of Inference-Header-Content-Length bytes, then the tensors",
+                },
+            },
+        },
+    }
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_infer_openapi("name"))
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi("name", "version"))
 async def infer(request: Request) -> Response:
     """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
     await require_api_key(request)

@@ -169,6 +169,11 @@ def test_docs_and_openapi(http: httpx.Client) -> None:
     assert {parameter["name"] for parameter in predict["parameters"]} == {"model", "top_k", "X-Request-Timeout"}
     for path in ("/health", "/health/live", "/health/ready", "/models", "/metrics", "/v2/models/{name}/infer"):
         assert path in document["paths"], path
+    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
+    assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
+    assert "inputs" in infer["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"name", "Inference-Header-Content-Length", "X-Request-Timeout"} <= {
+        parameter["name"] for parameter in infer["parameters"]}
 
 
 def _refs(node: Any) -> Iterator[str]:
