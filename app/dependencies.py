@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from fastapi import Request
 
@@ -45,16 +45,22 @@ def client_gone(request: Request) -> Callable[[], bool]:
     use it once the request body has been read.
 
     It takes one step of the ASGI `receive()`: for a closed connection that step returns `http.disconnect` at
-    once; otherwise `receive()` starts waiting for the disconnect, and the step is abandoned.
+    once; otherwise `receive()` starts waiting for the disconnect, and the step is abandoned. It runs in the
+    batcher, so whatever cannot tell (a server whose `receive()` is no coroutine, or one that fails) means
+    "still there": the request runs.
     """
     receive = request.receive
 
     def gone() -> bool:
         step = receive()
+        if not isinstance(step, Coroutine):
+            return False
         try:
             step.send(None)
         except StopIteration as done:
             return bool(done.value["type"] == "http.disconnect")
+        except Exception:  # noqa: BLE001 - see above
+            return False
         step.close()
         return False
 
