@@ -108,8 +108,12 @@ class Batcher(Generic[RequestT, ResultT]):
             raise QueueFull(f"model {self.name!r} has {len(self._queue)} requests queued; retry later")
         if rows > self.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}")
+        now = time.perf_counter()
+        if now >= deadline:
+            raise DeadlineExceeded(f"the request's deadline passed before model {self.name!r} could queue it; "
+                                   "retry later")
         backlog_s = self._queued_rows * self._seconds_per_row
-        if backlog_s and time.perf_counter() + backlog_s > deadline:
+        if backlog_s and now + backlog_s > deadline:
             # It would reach its deadline in the queue: refused now, it costs neither a queue slot nor the wait.
             raise DeadlineExceeded(f"model {self.name!r} has about {backlog_s:.2f} s of requests queued, more "
                                    "than this request's deadline leaves; retry later")

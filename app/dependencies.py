@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Coroutine
 
 from fastapi import Request
 
-from app.errors import Forbidden, Unauthorized, UnprocessableInput
+from app.errors import Forbidden, Overloaded, Unauthorized, UnprocessableInput
 from app.registry import ModelRegistry
 from app.settings import Settings
 
@@ -24,20 +25,37 @@ async def get_settings(request: Request) -> Settings:
 REQUEST_TIMEOUT_HEADER = "x-request-timeout"
 
 
-def request_timeout_s(request: Request) -> float:
-    """The request's deadline in seconds: `X-Request-Timeout: <milliseconds>` when the client sets one, capped
-    by `SERVE_REQUEST_TIMEOUT_S` (the default when it does not)."""
+def _received_at(request: Request) -> float:
+    """When the request reached the machine (`app.arrival`); now, under a server that does not say."""
+    received_at: float | None = getattr(request.state, "received_at", None)
+    return time.perf_counter() if received_at is None else received_at
+
+
+def refuse_if_overloaded(request: Request) -> None:
+    """Refuse a request that waited unread (in the kernel's accept queue or socket buffer) longer than
+    `SERVE_OVERLOAD_WAIT_S`: the process is behind, and a refusal made before any work lets it catch up."""
+    waited = time.perf_counter() - _received_at(request)
+    limit: float = request.app.state.settings.overload_wait_s
+    if waited > limit:
+        raise Overloaded(f"the server is overloaded: this request waited {waited:.2f} s before it could be read "
+                         f"(SERVE_OVERLOAD_WAIT_S is {limit:g} s); retry later")
+
+
+def request_deadline(request: Request) -> float:
+    """The request's deadline as a `time.perf_counter()` value, counted from its arrival: `X-Request-Timeout:
+    <milliseconds>` when the client sets one, capped by `SERVE_REQUEST_TIMEOUT_S` (the default when it does not).
+    """
     cap: float = request.app.state.settings.request_timeout_s
     given = request.headers.get(REQUEST_TIMEOUT_HEADER)
     if given is None:
-        return cap
+        return _received_at(request) + cap
     try:
         milliseconds = float(given)
     except ValueError:
         milliseconds = float("nan")
     if not 0 < milliseconds < float("inf"):
         raise UnprocessableInput("X-Request-Timeout must be a positive number of milliseconds")
-    return min(milliseconds / 1000, cap)
+    return _received_at(request) + min(milliseconds / 1000, cap)
 
 
 def client_gone(request: Request) -> Callable[[], bool]:

@@ -109,6 +109,12 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class Overloaded(Unavailable):
+    """The request waited unread longer than `SERVE_OVERLOAD_WAIT_S`: the process is behind."""
+
+    code = "overloaded"
+
+
 class ClientDisconnected(ServiceError):
     """The client closed its connection while its request was queued, so the request was not run. Nobody reads
     the answer; the status (nginx's 499) is for `/metrics` and the logs."""

@@ -9,6 +9,9 @@ past it is ever held.
 
 The defaults, 64 KiB and 100 fields, are Envoy's (60 KiB, 100) rounded up, so whatever a proxy in front
 forwards is accepted; Apache and gunicorn allow 100 fields too, nginx about 32 KiB of head.
+
+It also stamps each request with the time its head arrived (`app.arrival`) as `received_at` in the scope's
+`state` (`request.state.received_at`), from which its deadline counts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from app.arrival import arrival_time
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -47,6 +52,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._first_read = 0  # the size of the read in which the current head began
         self._head_reads = 0  # the sizes of the reads holding part of the current head, added up
         self._over_limit = False
+        self._socket: Any = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         if self._over_limit:
@@ -72,6 +82,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if too_large or len(self.headers) > MAX_HEADERS:
             self._over_limit = True
             raise _HeadTooLarge  # httptools stops; uvicorn calls send_400_response
+        # The request arrived when its head did: a client slow to send it has not kept the server waiting.
+        self.scope["state"]["received_at"] = arrival_time(self._socket)
         super().on_headers_complete()
 
     def _head_size(self) -> int:

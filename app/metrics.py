@@ -67,6 +67,15 @@ class Metrics:
         )
         if not self.shared:
             self.in_flight.set_function(lambda: self._requests_in_flight)
+        # How long the latest request waited unread (app.arrival), which the batcher reads: a front end that is
+        # behind should not also run batches on its event loop.
+        self.read_delay_s = 0.0
+        self.read_delay = Histogram(
+            "request_read_delay_seconds",
+            "Time a request waited unread, in the kernel's accept queue and socket buffer, before the server "
+            "read it: beyond a few milliseconds the process is behind (see SERVE_OVERLOAD_WAIT_S).",
+            buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
+        )
         self.errors = Counter(
             "errors", "Error answers by model and kind (the `code` of the error body).",
             ["model", "kind"], namespace=NAMESPACE, registry=registry,

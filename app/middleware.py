@@ -63,7 +63,8 @@ class RequestId:
 
 
 class RequestMetrics:
-    """Counts requests and errors and times them, labelled by route template (never the raw path)."""
+    """Counts requests and errors and times them, labelled by route template (never the raw path), and notes
+    how long each request waited unread (`app.arrival`)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -86,6 +87,10 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
+        received_at = scope.get("state", {}).get("received_at")
+        if received_at is not None:
+            self.metrics.read_delay_s = started - received_at
+            self.metrics.read_delay.observe(self.metrics.read_delay_s)
 
         async def send_with_status(message: Message) -> None:
             nonlocal status

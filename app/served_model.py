@@ -42,6 +42,9 @@ Row = dict[str, np.ndarray]
 # fast: two thread hand-offs cost 0.2-0.3 ms, as much as a small model's whole inference, while blocking the
 # loop this long is harmless.
 INLINE_MAX_SECONDS = 0.002
+# ... but not while requests wait unread this long (Linux counts it in 4 ms steps): "nothing else in flight"
+# then only means the loop reads one request at a time, and running batches on it would keep it that way.
+BEHIND_SECONDS = 0.008
 # With a single CPU, a worker thread adds no parallelism: it only takes turns with the event loop at the GIL.
 # Every batch measured at warm-up to take at most this long then runs on the loop; longer ones keep the
 # thread, so the loop still answers health probes while a heavy model computes.
@@ -275,12 +278,13 @@ class ServedModel:
     def _batch_runs_inline(self, rows: int) -> bool:
         """Whether a batch of `rows` runs on the event loop rather than the worker thread: any short batch
         when the process has a single CPU (SINGLE_CPU_INLINE_MAX_SECONDS), else only a lone fast request
-        (INLINE_MAX_SECONDS)."""
+        (INLINE_MAX_SECONDS) while the server reads requests as they come (BEHIND_SECONDS)."""
         if self._settings.max_batch_wait_ms > 0 or not self.batch_curve:  # a batching window was asked for
             return False
         if self._single_cpu:
             return self._expected_seconds(rows) <= SINGLE_CPU_INLINE_MAX_SECONDS
-        return self._metrics.requests_in_flight <= 1 and self.batch_curve[0].seconds_per_batch <= INLINE_MAX_SECONDS
+        alone = self._metrics.requests_in_flight <= 1 and self._metrics.read_delay_s < BEHIND_SECONDS
+        return alone and self.batch_curve[0].seconds_per_batch <= INLINE_MAX_SECONDS
 
     def _expected_seconds(self, rows: int) -> float:
         """A batch's time at warm-up: that of the smallest measured size that holds `rows`, else the largest."""
@@ -299,16 +303,16 @@ class ServedModel:
     # Answering ---------------------------------------------------------------------------------------
 
     async def predict(self, kind: Literal["text", "image"], inputs: Sequence[Any], top_k: int,
-                      timeout_s: float, client_gone: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
-        """Label, score and top-k for each text or encoded image, in order, within `timeout_s`; not run if
-        `client_gone()` is true when its batch forms."""
+                      deadline: float, client_gone: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+        """Label, score and top-k for each text or encoded image, in order, by `deadline` (a
+        `time.perf_counter()` value); not run if `client_gone()` is true when its batch forms."""
         request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)))
-        return await self._submit(request, timeout_s, client_gone)
+        return await self._submit(request, deadline, client_gone)
 
-    async def infer(self, rows: list[Row], output_names: tuple[str, ...], timeout_s: float,
+    async def infer(self, rows: list[Row], output_names: tuple[str, ...], deadline: float,
                     client_gone: Callable[[], bool] | None = None) -> list[dict[str, np.ndarray]]:
-        """Raw output tensors, one dict per row, for already-preprocessed input rows, within `timeout_s`; not
-        run if `client_gone()` is true when its batch forms."""
+        """Raw output tensors, one dict per row, for already-preprocessed input rows, by `deadline`; not run
+        if `client_gone()` is true when its batch forms."""
         for name in output_names:
             if name not in self._output_names:
                 raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
@@ -317,15 +321,14 @@ class ServedModel:
             if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
                 raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
         request = WorkRequest("tensor", rows, "tensors", output_names=output_names)
-        return await self._submit(request, timeout_s, client_gone)
+        return await self._submit(request, deadline, client_gone)
 
-    async def _submit(self, request: WorkRequest, timeout_s: float,
+    async def _submit(self, request: WorkRequest, deadline: float,
                       client_gone: Callable[[], bool] | None) -> list[Any]:
         if self._batcher is None or not self.ready:
             raise ModelNotReady(
                 f"model {self.name!r} is not ready ({self.state.value}); see /health, retry when /health/ready is 200"
             )
-        deadline = time.perf_counter() + timeout_s
         size = self.max_batch_size
         if len(request.inputs) <= size:
             return await self._batcher.submit(request, len(request.inputs), deadline, client_gone)

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     )
     max_queue_size: int = Field(default=512, ge=1, description="requests waiting per model before 503")
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline from arrival to answer")
+    overload_wait_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="a model request that waited unread longer than this (the process is behind) gets 503 at once",
+    )
 
     # Request limits.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

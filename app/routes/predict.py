@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
-from app.dependencies import client_gone, request_timeout_s, require_api_key
+from app.dependencies import client_gone, refuse_if_overloaded, request_deadline, require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.registry import ModelRegistry
 from app.routes.request_route import RequestRoute
@@ -154,6 +154,7 @@ async def predict(request: Request) -> Response:
 
     One input gets one prediction; a list (or several files) gets `predictions` in the same order.
     """
+    refuse_if_overloaded(request)
     await require_api_key(request)
     settings: Settings = request.app.state.settings
     registry: ModelRegistry = request.app.state.registry
@@ -175,7 +176,7 @@ async def predict(request: Request) -> Response:
     served = registry.select(inputs.model or model, inputs.kind)
     request.state.model = served.name
     predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k,
-                                       request_timeout_s(request), client_gone(request))
+                                       request_deadline(request), client_gone(request))
     if inputs.is_list:
         answer = {"model": served.name, "version": served.config.version, "predictions": predictions}
     else:

@@ -12,7 +12,8 @@ from app.dependencies import (
     client_gone,
     get_registry,
     health_access,
-    request_timeout_s,
+    refuse_if_overloaded,
+    request_deadline,
     require_admin_key,
     require_api_key,
 )
@@ -176,6 +177,7 @@ def _infer_openapi(*path_names: str) -> dict[str, Any]:
 @infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi("name", "version"))
 async def infer(request: Request) -> Response:
     """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
+    refuse_if_overloaded(request)
     await require_api_key(request)
     registry: ModelRegistry = request.app.state.registry
     name, version = request.path_params["name"], request.path_params.get("version")
@@ -186,7 +188,7 @@ async def infer(request: Request) -> Response:
     inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
     rows = _rows(model, tensors)
     output_names = tuple(item.name for item in inference.outputs or [])
-    answers = await model.infer(rows, output_names, request_timeout_s(request), client_gone(request))
+    answers = await model.infer(rows, output_names, request_deadline(request), client_gone(request))
     outputs = {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
     body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:

@@ -4,19 +4,32 @@ A request still queued at its deadline answers 503 `deadline_exceeded` (with `Re
 the same on `/predict` and `/v2`; a bad header is a 422; a deadline longer than the server's changes nothing.
 A request whose client closed its connection while it was queued is not run either (499 `client_disconnected`
 in `/metrics`).
+
+Deadlines count from the request's arrival at the machine, not from when the server read it: time spent unread
+in the kernel's accept queue and socket buffer (a process that is behind, or paused) counts. A model request
+that waited unread longer than `SERVE_OVERLOAD_WAIT_S` answers 503 `overloaded` before any work is done.
+The tests pause the server with SIGSTOP: the kernel still accepts connections and buffers their requests.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import StartServer
-from .support import ModelUnderTest, assert_json_error, assert_prediction, scrape, value
+from .support import ModelUnderTest, ServerProcess, assert_json_error, assert_prediction, scrape, value
+
+needs_tcp_info = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"),
+                                    reason="the wait before a request is read is known on Linux only (TCP_INFO)")
 
 HOLD_MS = 1500  # the batcher holds a lone request this long for batch-mates: longer than the client's deadline
 
@@ -103,3 +116,108 @@ def test_a_request_whose_client_left_while_queued_never_runs(
 
     assert change("modelserver_batch_size_sum", model=image_model.name) == len(staying), "a left request ran"
     assert change("modelserver_errors_total", model=image_model.name, kind="client_disconnected") == len(leaving)
+
+
+PAUSE_S = 0.8  # how long the server stays paused while requests wait for it
+
+
+def send_while_paused(server: ServerProcess, requests: list[Callable[[], http.client.HTTPConnection]]
+                      ) -> list[http.client.HTTPConnection]:
+    """Pause the server, send `requests` (each a function that opens a connection and sends one), wait
+    PAUSE_S, and let the server go on: each request waited about that long unread."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        connections = [send() for send in requests]
+        time.sleep(PAUSE_S)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    return connections
+
+
+def sender(server: ServerProcess, path: str, body: bytes | str, content_type: str,
+           headers: dict[str, str] | None = None) -> Callable[[], http.client.HTTPConnection]:
+    def send() -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", path, body, {"Content-Type": content_type, **(headers or {})})
+        return connection
+    return send
+
+
+def answer(connection: http.client.HTTPConnection) -> httpx.Response:
+    """The response on `connection`, as an httpx.Response for the shared assertions."""
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return httpx.Response(response.status, headers=response.getheaders(), content=body)
+
+
+@needs_tcp_info
+def test_time_waiting_unread_counts_toward_the_deadline(
+    start_server: StartServer, models_dir: Path, image_model: ModelUnderTest, digits: list[bytes],
+) -> None:
+    server = start_server(models_dir, SERVE_MODELS=image_model.name, SERVE_REQUEST_TIMEOUT_S="10",
+                          SERVE_OVERLOAD_WAIT_S="30")
+    server.wait_ready()
+    path = f"/predict?model={image_model.name}"
+    with server.client() as client:
+        before = scrape(client)
+        short, long = send_while_paused(server, [
+            sender(server, path, digits[0], "image/png", {"X-Request-Timeout": str(PAUSE_S * 1000 / 2)}),
+            sender(server, path, digits[1], "image/png", {"X-Request-Timeout": "60000"}),
+        ])
+        assert_json_error(answer(short), 503, "deadline_exceeded")
+        answered = answer(long)
+        assert answered.status_code == 200, answered.text
+        assert_prediction(answered.json(), image_model.image_probabilities(digits[1]), image_model.labels, 5)
+        after = scrape(client)
+    ran = value(after, "modelserver_batch_size_sum", model=image_model.name) - value(
+        before, "modelserver_batch_size_sum", model=image_model.name)
+    assert ran == 1, "the request past its deadline was run"
+
+
+@needs_tcp_info
+def test_a_request_that_waited_unread_too_long_is_refused_before_any_work(
+    start_server: StartServer, models_dir: Path, image_model: ModelUnderTest, text_model: ModelUnderTest,
+    digits: list[bytes],
+) -> None:
+    """503 `overloaded` with Retry-After and a request id, on `/predict` and `/v2`, counted in `/metrics` with
+    the wait; health probes that waited as long are still answered, and so is the next request."""
+    server = start_server(models_dir, SERVE_MODELS=f"{image_model.name},{text_model.name}",
+                          SERVE_OVERLOAD_WAIT_S=str(PAUSE_S / 2))
+    server.wait_ready()
+    pixels = image_model.image_tensor(digits[0])
+    v2_body = json.dumps({"inputs": [{"name": image_model.config.inputs[0].name, "shape": [1, *pixels.shape],
+                                      "datatype": "FP32", "data": pixels.ravel().tolist()}]})
+    with server.client() as client:
+        before = scrape(client)
+        connections = send_while_paused(server, [
+            sender(server, f"/predict?model={image_model.name}", digits[0], "image/png"),
+            sender(server, "/predict", json.dumps({"text": "a gripping film"}), "application/json"),
+            sender(server, f"/v2/models/{image_model.name}/infer", v2_body, "application/json"),
+        ])
+        for connection in connections:
+            refused = answer(connection)
+            assert_json_error(refused, 503, "overloaded")
+            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["x-request-id"]
+        probe = send_while_paused(server, [lambda: _get(server, "/health/ready")])[0]
+        assert answer(probe).status_code == 200
+        answered = client.post("/predict", json={"text": "a gripping film"})
+        assert answered.status_code == 200, answered.text
+        after = scrape(client)
+
+    def change(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert change("modelserver_errors_total", model="", kind="overloaded") == len(connections)
+    for model in (image_model.name, text_model.name):
+        assert change("modelserver_batch_size_sum", model=model) == (model == text_model.name), "a refusal ran"
+    waits = change("modelserver_request_read_delay_seconds_sum")
+    assert waits >= (len(connections) + 1) * PAUSE_S * 0.7, f"the waits were not measured: {waits:.2f} s"
+
+
+def _get(server: ServerProcess, path: str) -> http.client.HTTPConnection:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("GET", path)
+    return connection

@@ -1,0 +1,41 @@
+"""When a request reached this machine, as opposed to when the server got round to reading it.
+
+A server process that is behind leaves new connections in the kernel's accept queue and their bytes in socket
+buffers, where no queue bound or deadline of its own sees them. Linux keeps, for each TCP connection, the time
+since it last received data (`tcpi_last_data_recv` of `TCP_INFO`, in milliseconds); read as the request's head
+is parsed, it is how long the request waited before the server read it. The deadline then counts from the
+request's arrival, and a request that waited too long is refused before any work is done for it.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+# struct tcp_info (linux/tcp.h): eight one-byte fields, nine 32-bit counters, then tcpi_last_data_sent,
+# tcpi_last_ack_sent and tcpi_last_data_recv, in milliseconds.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux only
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_OFFSET = 8 + 9 * 4 + 2 * 4
+_TCP_INFO_READ = _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size
+
+
+def kernel_wait_s(sock: Any) -> float:
+    """Seconds since the kernel last received data on TCP socket `sock`; 0.0 when it cannot tell (not Linux,
+    not TCP, or no socket)."""
+    if _TCP_INFO is None or sock is None:
+        return 0.0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_READ)
+    except OSError:  # a Unix socket, or one already closed
+        return 0.0
+    if len(info) < _TCP_INFO_READ:
+        return 0.0
+    return float(_LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_OFFSET)[0]) / 1000
+
+
+def arrival_time(sock: Any) -> float:
+    """The `time.perf_counter()` value at which the data now being read on `sock` reached the machine."""
+    return time.perf_counter() - kernel_wait_s(sock)
