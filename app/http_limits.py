@@ -7,6 +7,9 @@ whose head (request line and header fields, as sent) is over `max_head_bytes` or
 fields. A head arriving in several reads is refused as soon as it passes the limit, so at most a read or two
 past it is ever held.
 
+The same limits bound the trailer fields of a chunked request (which are dropped: ASGI has no request
+trailers), with a few bytes per chunk for the chunks' framing on top.
+
 The defaults, 64 KiB and 100 fields, are Envoy's (60 KiB, 100) rounded up, so whatever a proxy in front
 forwards is accepted; Apache and gunicorn allow 100 fields too, nginx about 32 KiB of head.
 
@@ -31,6 +34,9 @@ MAX_HEADERS = 100
 # After the 431 the server keeps reading (and dropping) what the client still sends for this long, as
 # nginx's lingering close does: closing at once would reset the connection and lose the answer.
 LINGER_SECONDS = 5.0
+# A chunked body's framing (each chunk's size line and line ends) takes a few bytes per chunk; bytes beyond
+# this per chunk, plus the head limit for the trailer fields, are refused as a trailer flood.
+FRAMING_BYTES_PER_CHUNK = 64
 
 
 class _HeadTooLarge(Exception):
@@ -53,6 +59,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_reads = 0  # the sizes of the reads holding part of the current head, added up
         self._over_limit = False
         self._socket: Any = None
+        self._messages = 0  # requests begun on this connection
+        self._after_head: int | None = None  # non-body bytes read after the head of a chunked request
+        self._chunks = 0
+        self._body_bytes = 0
+        self._trailer_fields = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,14 +75,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._read_size = len(data)
         if self._in_head:
             self._head_reads += len(data)
+        message, body_before = self._messages, self._body_bytes
+        counting = self._after_head is not None
         super().data_received(data)
-        if self._in_head and self._head_reads - self._first_read > self.max_head_bytes and not self._over_limit:
+        if self._over_limit:
+            return
+        if self._in_head and self._head_reads - self._first_read > self.max_head_bytes:
             # Still in the head, so every read after its first was all head (perhaps one field that
             # httptools buffers until it ends): too much already, without waiting for the end.
             self._refuse()
+        elif counting and self._after_head is not None and self._messages == message:
+            # The whole read belongs to the same chunked body: what is not body is framing and trailers.
+            self._after_head += len(data) - (self._body_bytes - body_before)
+            allowed = self.max_head_bytes + FRAMING_BYTES_PER_CHUNK * self._chunks
+            if self._after_head > allowed:
+                self._refuse()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._messages += 1
+        self._after_head = None
         self._in_head = True
         self._first_read = self._head_reads = self._read_size
 
@@ -84,7 +107,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge  # httptools stops; uvicorn calls send_400_response
         # The request arrived when its head did: a client slow to send it has not kept the server waiting.
         self.scope["state"]["received_at"] = arrival_time(self._socket)
+        if any(name == b"transfer-encoding" for name, _ in self.headers):
+            self._after_head, self._chunks, self._body_bytes, self._trailer_fields = 0, 0, 0, 0
         super().on_headers_complete()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+            return
+        self._trailer_fields += 1  # a trailer field: counted, and dropped (ASGI has no request trailers)
+        if self._trailer_fields > MAX_HEADERS:
+            self._over_limit = True
+            raise _HeadTooLarge
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_message_complete(self) -> None:
+        self._after_head = None
+        super().on_message_complete()
 
     def _head_size(self) -> int:
         """The head's size as sent, at the least: the request target, and `name:value\\r\\n` for each field."""
@@ -98,10 +143,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         """Answer 431, then drop whatever else comes, and close once the client has read the answer (or after
-        LINGER_SECONDS)."""
+        LINGER_SECONDS). A request the app already has (its trailers were too large) ends for the app as if
+        its client had left."""
         self._over_limit = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:  # too late for a 431
+                self.transport.close()
+                return
         body = json.dumps({
-            "error": f"the request line and headers exceed {self.max_head_bytes} bytes or {MAX_HEADERS} fields",
+            "error": f"the request line and headers (or trailers) exceed {self.max_head_bytes} bytes or "
+                     f"{MAX_HEADERS} fields",
             "code": "request_header_fields_too_large",
         }).encode()
         head = [STATUS_LINE[431]]

@@ -94,6 +94,50 @@ def test_header_floods_are_refused(flood: str, fuzz_server: ServerProcess) -> No
     assert_healthy(fuzz_server)
 
 
+def _chunked(port: int, trailers: bytes, chunk_size: int = len(BODY)) -> tuple[bytes, list[bytes]]:
+    """A chunked /predict request of BODY in chunks of `chunk_size` bytes, then `trailers`: head and parts."""
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                      for part in (BODY[i:i + chunk_size] for i in range(0, len(BODY), chunk_size)))
+    return head, [chunks + b"0\r\n", trailers, b"\r\n"]
+
+
+@pytest.mark.parametrize("case", ["as-many-trailers-as-allowed", "one-byte-chunks"])
+def test_chunked_bodies_within_the_limits_are_answered(
+    case: str, fuzz_server: ServerProcess, text_model: ModelUnderTest
+) -> None:
+    if case == "as-many-trailers-as-allowed":
+        head, parts = _chunked(fuzz_server.port, _filler(MAX_HEADERS, 500))
+    else:
+        head, parts = _chunked(fuzz_server.port, b"X-Checksum: 1\r\n", chunk_size=1)
+    response = raw_http(fuzz_server.port, head, parts)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), text_model.text_probabilities(BODY.decode().split('"')[3]),
+                      text_model.labels, 5)
+
+
+@pytest.mark.parametrize("flood", ["one-trailer-too-many", "10k-trailers", "one-8MB-trailer"])
+def test_trailer_floods_are_refused(flood: str, fuzz_server: ServerProcess) -> None:
+    """Trailer fields count against the head's limits: too many or too large get 431 while they are still
+    coming, the connection closes, the request ends as if its client had left (no error logged), and the
+    server serves others."""
+    trailers = {
+        "one-trailer-too-many": _filler(MAX_HEADERS + 1),
+        "10k-trailers": _filler(10_000, 40),
+        "one-8MB-trailer": b"X-Flood: " + b"v" * (8 << 20) + b"\r\n",
+    }[flood]
+    head, parts = _chunked(fuzz_server.port, trailers)
+    response = raw_http(fuzz_server.port, head, parts)
+    assert response.status_code == 431, (response.status_code, response.text)
+    assert response.headers["connection"] == "close"
+    assert response.json()["code"] == "request_header_fields_too_large"
+    assert_healthy(fuzz_server)
+    assert "unhandled error" not in fuzz_server.log(), fuzz_server.log()[-3000:]
+
+
 def _drip(port: int, head: bytes, body: bytes, pause_s: float, result: dict[str, object]) -> None:
     """Send head and body one byte at a time, then read the whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:

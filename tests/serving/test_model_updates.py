@@ -85,6 +85,8 @@ def test_a_new_version_takes_over_under_load_with_no_failed_request(
         assert body["label"] == names[expected[digit]], f"an answer mixes versions or inputs: {body}"
         assert all(item["label"] in names for item in body["top_k"]), body
     assert seen == {first_version, first_version + 1}, f"versions answered: {seen}"
+    by_version = {version: sum(r.json()["version"] == version for _, r in answers) for version in sorted(seen)}
+    print(f"\nswap: {len(answers)} requests, {len(failed)} failed, answers by version {by_version}")
     assert answers[-1][1].json()["version"] == first_version + 1, "the new version did not take the traffic"
 
 
