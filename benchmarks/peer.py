@@ -47,8 +47,12 @@ from app.settings import Settings
 from model_repository import ModelConfig, latest_version, load_config, version_dir
 
 BUILT_MODELS = REPO / "benchmarks" / "results" / "models"
-SERVERS = ("trivial", "naive-def", "naive-async", "service")
+SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2")
 NAIVE = ("naive-def", "naive-async")
+# The service in one process, and with SERVE_WORKERS=2 (whole-service workers on one port): not in the default
+# run; name it in --servers to compare the two, with --server-cpus giving the workers more than one CPU.
+SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"}}
+DEFAULT_SERVERS = ("trivial", "naive-def", "naive-async", "service")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_LINE = re.compile(r'^(modelserver_\w+)\{model="([^"]*)"\}\s+(\S+)$')
 SERVICE_SERIES = {  # per-model (sum, count) series of /metrics -> the name of their mean over a cell
@@ -149,7 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--models", nargs="+", choices=list(CASES), default=list(CASES),
         help="model cases to run (default: all; resnet18 and minilm-* need benchmarks/build_models.py first)")
-    add("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers, in the order they run (default: %(default)s)")
+    add("--servers", nargs="+", choices=SERVERS, default=list(DEFAULT_SERVERS),
+        help="servers, in the order they run (default: %(default)s)")
     add("--reverse", action="store_true", help="run the servers in the reverse order (ratios under drift)")
     add("--concurrency", nargs="+", type=int, default=[1, 8, 32, 128],
         help="closed-loop connections per cell; the first level runs again after the last (hysteresis)"
@@ -292,7 +297,8 @@ class Server:
         self.port = free_port()
         python = sys.executable
         bench = Path(__file__).resolve().parent
-        self.env = {**os.environ, **service_env(args, model_dir.parent.parent, case.model, self.port)}
+        self.env = {**os.environ, **service_env(args, model_dir.parent.parent, case.model, self.port),
+                    **SERVICES.get(name, {})}
         if name == "trivial":
             self.command = [python, str(bench / "trivial_app.py"), "--port", str(self.port)]
             self.ready_path = "/ping"
@@ -417,21 +423,21 @@ async def run_cell(server: Server, generator: LoadGenerator, case: Case, concurr
     async def window_start() -> None:
         marks["busy0"] = cpu_busy_s(server_cpus), cpu_busy_s(client_cpus)
         marks["cpu0"], marks["wait0"] = tree_cpu_s(server.pid), tree_waits(server.pid)
-        if server.name == "service":
+        if server.name in SERVICES:
             marks["metrics0"] = await read_service_metrics(server.port)
 
     async def window_end() -> None:
         marks["busy1"] = cpu_busy_s(server_cpus), cpu_busy_s(client_cpus)
         marks["cpu1"], marks["wait1"] = tree_cpu_s(server.pid), tree_waits(server.pid)
         marks["rss"] = tree_peak_rss_mb(server.pid)
-        if server.name == "service":
+        if server.name in SERVICES:
             marks["metrics1"] = await read_service_metrics(server.port)
 
     result: LoadResult = await generator.run(concurrency, args.warmup, window_s, window_start, window_end,
                                              collect=collect)
     server_cpu = marks["cpu1"] - marks["cpu0"]
-    service = service_means(marks["metrics0"], marks["metrics1"], case.model) if server.name == "service" else {}
-    batch = service.get("mean_batch_size") if server.name == "service" else 1.0 if server.name in NAIVE else None
+    service = service_means(marks["metrics0"], marks["metrics1"], case.model) if server.name in SERVICES else {}
+    batch = service.get("mean_batch_size") if server.name in SERVICES else 1.0 if server.name in NAIVE else None
     cell = Cell(
         case=case.name, server=server.name, concurrency=concurrency, step=step, again=again,
         window_s=result.window_s, requests_per_s=result.ok / result.window_s,
@@ -484,7 +490,7 @@ def requests_for(server: str, port: int, case: Case, inputs: InputSet) -> list[b
     """The prebuilt HTTP requests one server gets: the same bodies for the naive servers and the service."""
     if server == "trivial":
         return [build_request("GET", "/ping", port)]
-    path = f"/predict?model={case.model}" if server == "service" else "/predict"
+    path = f"/predict?model={case.model}" if server in SERVICES else "/predict"
     if inputs.is_text:
         return [build_request("POST", path, port, json.dumps({"text": text}).encode(), inputs.content_type)
                 for text in inputs.items]
@@ -543,7 +549,7 @@ def add_ratios(cells: list[Cell], ceilings: list[Ceiling], servers: list[str]) -
         index = servers.index(cell.server)
         cell.ceiling_items_per_s = (ceilings[index].items_per_s + ceilings[index + 1].items_per_s) / 2
         cell.ratios["ceiling"] = cell.requests_per_s / cell.ceiling_items_per_s
-        for other in ("naive-def", "naive-async", "trivial"):
+        for other in ("naive-def", "naive-async", "trivial", "service"):
             peer = by_step.get((other, cell.step))
             cell.ratios[other] = (cell.requests_per_s / peer.requests_per_s
                                   if peer is not None and peer.requests_per_s and other != cell.server else None)
@@ -558,7 +564,7 @@ def compare_answers(answers: dict[str, dict[int, dict[int, bytes]]], inputs: Inp
     cells (mixed lengths padded together) are checked too. A top label may differ only where the reference's two
     best scores are within `tolerance` of each other (a tie).
     """
-    present = [name for name in ("naive-def", "naive-async", "service") if any(answers.get(name, {}).values())]
+    present = [name for name in (*NAIVE, *SERVICES) if any(answers.get(name, {}).values())]
     report: dict[str, Any] = {"reference": present[0] if present else None, "tolerance": tolerance, "pairs": {}}
     if len(present) < 2:
         report["ok"] = None
@@ -735,7 +741,8 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
-    colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue"}
+    colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue",
+               "service-w2": "tab:green"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
     others = [c["requests_per_s"] for c in case["cells"] if c["server"] != "trivial"] + rates
