@@ -135,11 +135,15 @@ def send_while_paused(server: ServerProcess, requests: list[Callable[[], http.cl
     return connections
 
 
-def sender(server: ServerProcess, path: str, body: bytes | str, content_type: str,
+def sender(server: ServerProcess, path: str, body: bytes | str | None = None, content_type: str | None = None,
            headers: dict[str, str] | None = None) -> Callable[[], http.client.HTTPConnection]:
+    """A function that opens a connection and sends one request: a POST of `body`, or a GET without one."""
     def send() -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        connection.request("POST", path, body, {"Content-Type": content_type, **(headers or {})})
+        if body is None:
+            connection.request("GET", path, headers=headers or {})
+        else:
+            connection.request("POST", path, body, {"Content-Type": content_type or "", **(headers or {})})
         return connection
     return send
 
@@ -201,7 +205,7 @@ def test_a_request_that_waited_unread_too_long_is_refused_before_any_work(
             assert_json_error(refused, 503, "overloaded")
             assert refused.headers["retry-after"] == "1"
             assert refused.headers["x-request-id"]
-        probe = send_while_paused(server, [lambda: _get(server, "/health/ready")])[0]
+        probe = send_while_paused(server, [sender(server, "/health/ready")])[0]
         assert answer(probe).status_code == 200
         answered = client.post("/predict", json={"text": "a gripping film"})
         assert answered.status_code == 200, answered.text
@@ -215,9 +219,3 @@ def test_a_request_that_waited_unread_too_long_is_refused_before_any_work(
         assert change("modelserver_batch_size_sum", model=model) == (model == text_model.name), "a refusal ran"
     waits = change("modelserver_request_read_delay_seconds_sum")
     assert waits >= (len(connections) + 1) * PAUSE_S * 0.7, f"the waits were not measured: {waits:.2f} s"
-
-
-def _get(server: ServerProcess, path: str) -> http.client.HTTPConnection:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    connection.request("GET", path)
-    return connection
