@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -10,15 +11,20 @@ import tempfile
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import configure_logging
 from app.main import create_app
+from app.reuse_port import reserve_port
 from app.settings import Settings
 from app.shutdown import defer_sigterm
 from app.workers import SHARED_DIRECTORY_ENV
 
 APP_FACTORY = "app.__main__:create_served_app"
+
+logger = logging.getLogger(__name__)
 
 
 def create_served_app() -> FastAPI:
@@ -49,13 +55,22 @@ def main() -> None:
     if settings.workers == 1:
         uvicorn.run(APP_FACTORY, factory=True, **options)
         return
+    # Each worker listens on a socket of its own (app.reuse_port); this one only keeps the port reserved.
+    try:
+        reserved = reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        logger.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
+        sys.exit(STARTUP_FAILURE)
     # The workers share metrics and readiness through a fresh directory (app.workers), made before they start:
     # prometheus-client reads its location when each worker imports it.
     shared = tempfile.mkdtemp(prefix="modelserver-workers-")
     os.environ[SHARED_DIRECTORY_ENV] = shared
+    logger.info("serving on http://%s:%d with %d workers", settings.host, settings.port, settings.workers)
     try:
-        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+        Multiprocess(uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options),
+                     sockets=[reserved]).run()
     finally:
+        reserved.close()
         shutil.rmtree(shared, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,73 @@ def test_ready_only_while_every_worker_is(start_server: StartServer, models_dir:
     server.wait_for(replaced, 30, what="a new worker in place of the killed one")
     with server.client() as client:
         assert survivor in worker_pids(client)
+
+
+CONNECTIONS = 16
+BUSY_AFTER_CONNECTING_S = 0.2
+
+
+def connection_holders(pids: list[int], port: int) -> dict[int, int]:
+    """The worker holding each accepted connection to `port`, by the client's port (read from /proc)."""
+    pid_of_socket = {}
+    for pid in pids:
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(descriptor)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                pid_of_socket[int(target[len("socket:["):-1])] = pid
+    holders = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        if int(local.split(":")[1], 16) == port and inode in pid_of_socket:
+            holders[int(remote.split(":")[1], 16)] = pid_of_socket[inode]
+    return holders
+
+
+def test_connections_opened_together_spread_over_the_workers(start_server: StartServer, models_dir: Path,
+                                                             image_model: ModelUnderTest) -> None:
+    """A client pool's connections, opened together, are shared among the workers even when one worker is busy
+    as they arrive: each worker listens on its own socket (SO_REUSEPORT) and the kernel spreads new connections
+    by address. On one shared socket the idle worker accepted them all, and then served that pool alone for as
+    long as its connections lived. (All 16 on one worker by chance: 2 in 65,536.)"""
+    server = start_workers(start_server, models_dir, SERVE_MODELS=image_model.name)
+    with server.client() as client:
+        pids = worker_pids(client)
+    busy = pids[0]
+    os.kill(busy, signal.SIGSTOP)  # busy, with a batch on its event loop say, while the pool connects and a bit
+    try:
+        connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(CONNECTIONS)]
+        time.sleep(BUSY_AFTER_CONNECTING_S)
+    finally:
+        os.kill(busy, signal.SIGCONT)
+    try:
+        for connection in connections:
+            connection.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        for connection in connections:
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        holders = connection_holders(pids, server.port)
+        held = [holders[connection.getsockname()[1]] for connection in connections]
+    finally:
+        for connection in connections:
+            connection.close()
+    assert set(held) == set(pids), f"connections per worker: {[held.count(pid) for pid in pids]}"
+
+
+def test_a_second_service_cannot_join_the_port(start_server: StartServer, models_dir: Path,
+                                               image_model: ModelUnderTest, tmp_path: Path) -> None:
+    """Any process of the same user may bind a port that is bound with SO_REUSEPORT; a second service started on
+    a taken port by mistake must still fail at once, not quietly take a share of the first one's connections."""
+    server = start_workers(start_server, models_dir, SERVE_MODELS=image_model.name)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SERVE_")}
+    env.update(SERVE_MODELS_DIR=str(models_dir), SERVE_MODELS=image_model.name, SERVE_HOST="127.0.0.1",
+               SERVE_PORT=str(server.port), SERVE_WORKERS=str(WORKERS), PYTHONPATH=str(REPO_ROOT))
+    second = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert second.returncode == 3, second.stderr  # uvicorn's STARTUP_FAILURE
+    assert "address already in use" in second.stderr.lower()
 
 
 IN_FLIGHT = 40
