@@ -6,6 +6,7 @@ need to alter a model copy its folder into a temporary models dir first (`copy_m
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,9 @@ TEXT_MODEL = "sst2-textcnn"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_IMAGE_PIXELS = 250_000
 MAX_ITEMS = 64
+# Worker processes of the shared server: `make test` runs the tests that use it (marked `shared_server`) with
+# 1, then again with 2.
+SHARED_SERVER_WORKERS = int(os.environ.get("MODELSERVER_TEST_WORKERS", "1"))
 
 # Movie-review-like sentences, positive and negative, short and long.
 REVIEWS = [
@@ -86,8 +90,16 @@ def start_limited_server(workdir: Path) -> ServerProcess:
         "SERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
         "SERVE_MAX_ITEMS_PER_REQUEST": str(MAX_ITEMS),
+        "SERVE_WORKERS": str(SHARED_SERVER_WORKERS),
     })
     return process.start().wait_ready()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the shared server `shared_server`, to run them again against several workers."""
+    for item in items:
+        if {"server", "http"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_server)
 
 
 @pytest.fixture(scope="session")

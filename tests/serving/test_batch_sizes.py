@@ -9,7 +9,7 @@ import pytest
 
 from app.batch_tuning import BatchTiming, best_batch_size, candidate_sizes
 
-from .conftest import StartServer
+from .conftest import SHARED_SERVER_WORKERS, StartServer
 from .support import ModelUnderTest, scrape, value
 
 
@@ -56,7 +56,11 @@ def test_models_and_metrics_report_the_measured_size(http: httpx.Client, image_m
         else:
             assert item["max_padded_tokens"] is None
             assert item["max_batch_size"] == best
-        assert value(samples, "modelserver_max_batch_size", model=model.name) == item["max_batch_size"]
+        reported = value(samples, "modelserver_max_batch_size", model=model.name)
+        if SHARED_SERVER_WORKERS == 1:
+            assert reported == item["max_batch_size"]
+        else:  # each worker measures its own size; the gauge is the largest, /models shows the answering worker's
+            assert reported >= item["max_batch_size"]
 
 
 def test_search_off_keeps_the_configured_size(start_server: StartServer, models_dir: Path,

@@ -7,7 +7,7 @@ import pytest
 
 from app.settings import Settings
 
-from .conftest import MAX_BODY_BYTES
+from .conftest import MAX_BODY_BYTES, SHARED_SERVER_WORKERS
 from .support import (
     ModelUnderTest,
     ServerProcess,
@@ -68,7 +68,7 @@ def test_series_exist_for_each_model(http: httpx.Client, request: pytest.Fixture
     assert info == 1
     assert value(samples, "modelserver_model_ready", model=model.name) == 1
     assert has_series(samples, "modelserver_queue_depth", model=model.name)
-    capacity = Settings.model_fields["max_queue_size"].default
+    capacity = Settings.model_fields["max_queue_size"].default * SHARED_SERVER_WORKERS  # a queue per worker
     assert value(samples, "modelserver_queue_capacity", model=model.name) == capacity
     assert has_series(samples, "modelserver_requests_in_flight")
     # The process row of the dashboard: CPU, memory, file descriptors.
