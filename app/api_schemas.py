@@ -100,6 +100,9 @@ class ModelDescription(ModelStatus):
         default=None, description="text models: the cap on rows x longest tokens per batch, from the measured "
         "best size at full length; shorter texts batch more rows, up to max_batch_size")
     configured_max_batch_size: int = Field(description="config.json's max_batch_size, capped by SERVE_MAX_BATCH_SIZE")
+    intra_op_threads: int = Field(
+        description="ONNX Runtime's threads per inference: SERVE_INTRA_OP_THREADS, else this worker's share of the "
+        "CPUs, or all of them where a batch of one measured faster so (several workers on the CPU)")
     batch_size_curve: list[BatchTimingDescription] = Field(
         description="the warm-up timings behind max_batch_size (the fastest run of each size)")
     metrics: dict[str, Any] | None

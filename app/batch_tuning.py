@@ -9,8 +9,12 @@ the largest size is kept: it costs nothing per item and the fewer batches save p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
 
 # A size is kept while its items per second stay within this share of the best size's (measurement noise
 # on a shared machine is about this size, so a flat curve still keeps its largest size).
@@ -41,26 +45,32 @@ def candidate_sizes(max_batch_size: int) -> list[int]:
 
 
 def measure(run_batch: Callable[[int], None], sizes: list[int]) -> list[BatchTiming]:
-    """Time `run_batch(size)` for each size: the fastest of its runs, so background load counts least.
+    """Time `run_batch(size)` for each size: the fastest of its runs (`fastest_runs`)."""
+    fastest = fastest_runs({size: partial(run_batch, size) for size in sizes})
+    return [BatchTiming(size, fastest[size]) for size in sizes]
 
-    The sizes take turns (MIN_RUNS rounds over all of them, each size run for at least its share of
-    MIN_SECONDS_PER_SIZE per round), so a burst of load from elsewhere slows every size a little rather than
-    one size a lot: on a flat curve a noisy size would otherwise cap batches far below the plateau. (A
+
+def fastest_runs(runs: Mapping[Key, Callable[[], None]]) -> dict[Key, float]:
+    """The seconds of each callable's fastest run, so background load counts least.
+
+    The callables take turns (MIN_RUNS rounds over all of them, each run for at least its share of
+    MIN_SECONDS_PER_SIZE per round), so a burst of load from elsewhere slows every one a little rather than
+    one a lot: on a flat curve a noisy batch size would otherwise cap batches far below the plateau. (A
     simulated flat curve with a 0.6 s burst of 3x slowdown at ten different moments: timed one size after
     another, the search picked 16 or 32 instead of 64 three times; taking turns, never.)
     """
-    best = dict.fromkeys(sizes, float("inf"))
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(MIN_RUNS):
-        for size in sizes:
+        for key, run in runs.items():
             started = time.perf_counter()
             while True:
                 begin = time.perf_counter()
-                run_batch(size)
+                run()
                 finished = time.perf_counter()
-                best[size] = min(best[size], finished - begin)
+                best[key] = min(best[key], finished - begin)
                 if finished - started >= MIN_SECONDS_PER_SIZE / MIN_RUNS:
                     break
-    return [BatchTiming(size, best[size]) for size in sizes]
+    return best
 
 
 def best_batch_size(curve: list[BatchTiming]) -> int:

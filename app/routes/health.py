@@ -83,6 +83,7 @@ async def list_models(registry: Registry) -> ModelsResponse:
             max_batch_size=model.max_batch_size,
             max_padded_tokens=model.max_padded_tokens,
             configured_max_batch_size=model.configured_max_batch_size,
+            intra_op_threads=model.intra_op_threads,
             batch_size_curve=[
                 BatchTimingDescription(batch_size=timing.batch_size, ms_per_batch=timing.seconds_per_batch * 1000,
                                        items_per_s=timing.items_per_s)

@@ -8,6 +8,7 @@ v2 work as with one process, and SIGTERM drains every worker with no request los
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
+from app.batch_tuning import TOLERANCE
+from app.runtime import usable_cpus
 from app.workers import SHARED_DIRECTORY_ENV, one_worker_at_a_time
 
 from .conftest import CopyModels, StartServer
@@ -165,6 +169,37 @@ def test_a_second_service_cannot_join_the_port(start_server: StartServer, models
                             check=False, timeout=60)
     assert second.returncode == 3, second.stderr  # uvicorn's STARTUP_FAILURE
     assert "address already in use" in second.stderr.lower()
+
+
+THREAD_CHOICE = re.compile(r"model (\S+): (\d+) intra-op threads by measurement \(ms per batch of one: "
+                           r"(\d+) threads ([\d.]+), (\d+) threads ([\d.]+)\)")
+
+
+@pytest.mark.skipif(usable_cpus() < WORKERS, reason="needs a CPU per worker, to divide the threads among them")
+def test_each_worker_keeps_the_thread_count_that_ran_a_batch_of_one_faster(
+        start_server: StartServer, models_dir: Path, image_model: ModelUnderTest, text_model: ModelUnderTest) -> None:
+    """With the threads not set, each worker times a batch of one with its share of the CPUs' threads and with
+    all of them, keeps all of them only if clearly faster, and says so in its log and in /models; a thread count
+    that is set is kept as set."""
+    server = start_workers(start_server, models_dir, SERVE_MODELS=f"{image_model.name},{text_model.name}")
+    with server.client() as client:
+        listed = {item["name"]: item["intra_op_threads"] for item in client.get("/models").json()["models"]}
+    choices = THREAD_CHOICE.findall(server.log())
+    assert sorted(name for name, *_ in choices) == sorted([image_model.name, text_model.name] * WORKERS)
+    for name, chosen, share, share_ms, every, every_ms in choices:
+        assert (int(share), int(every)) == (usable_cpus() // WORKERS, usable_cpus())
+        # All the threads only if their batch was clearly faster (the log rounds to 1 µs: 1% of slack).
+        if int(chosen) == int(every):
+            assert float(every_ms) <= TOLERANCE * float(share_ms) * 1.01, (name, chosen)
+        else:
+            assert int(chosen) == int(share) and float(every_ms) >= TOLERANCE * float(share_ms) * 0.99, (name, chosen)
+    for name, threads in listed.items():
+        assert str(threads) in {chosen for model, chosen, *_ in choices if model == name}
+
+    fixed = start_workers(start_server, models_dir, SERVE_MODELS=image_model.name, SERVE_INTRA_OP_THREADS="1")
+    with fixed.client() as client:
+        assert client.get("/models").json()["models"][0]["intra_op_threads"] == 1
+    assert not THREAD_CHOICE.search(fixed.log())
 
 
 IN_FLIGHT = 40
