@@ -212,8 +212,9 @@ class ServerProcess:
         self.stop()
         pytest.fail(f"the server did not answer /health/live within {timeout:.0f} s\n--- server log ---\n{self.log()}")
 
-    def _spawn(self) -> None:
-        self.port = free_port()
+    def environment(self) -> dict[str, str]:
+        """The environment this server runs in (on its current port), for other processes that read its settings:
+        this process's, with no `SERVE_*` of its own."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("SERVE_")}
         env.update({
             "SERVE_MODELS_DIR": str(self.models_dir),
@@ -223,12 +224,15 @@ class ServerProcess:
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
+        return env
+
+    def _spawn(self) -> None:
+        self.port = free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # cwd is a scratch folder so no stray .env file changes the settings.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen([sys.executable, "-m", "app"], env=self.environment(), cwd=self.workdir,
+                                            stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_live(self, timeout: float) -> bool:
         return self.wait_for(lambda client: client.get("/health/live").status_code == 200, timeout, fail=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ import httpx
 import pytest
 
 from .support import (
-    REPO_ROOT,
     ModelUnderTest,
     ServerProcess,
     assert_json_error,
@@ -126,9 +124,7 @@ def test_health_and_metrics_closed_by_setting(closed_server: ServerProcess) -> N
 @pytest.mark.parametrize(("key", "status"), [(API_KEY, 0), ("wrong", 1)])
 def test_container_healthcheck_sends_the_key(closed_server: ServerProcess, key: str, status: int) -> None:
     """`python -m app.healthcheck` (the image's HEALTHCHECK) passes a closed /health/live with the key."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SERVE_")}
-    env.update({"SERVE_PORT": str(closed_server.port), "SERVE_API_KEYS": key, "SERVE_PUBLIC_HEALTH": "false",
-                "PYTHONPATH": str(REPO_ROOT)})
+    env = {**closed_server.environment(), "SERVE_API_KEYS": key}
     check = subprocess.run([sys.executable, "-m", "app.healthcheck"], env=env, cwd=closed_server.workdir,
                            capture_output=True, timeout=30)
     assert check.returncode == status, check

@@ -162,11 +162,8 @@ def test_a_second_service_cannot_join_the_port(start_server: StartServer, models
     """Any process of the same user may bind a port that is bound with SO_REUSEPORT; a second service started on
     a taken port by mistake must still fail at once, not quietly take a share of the first one's connections."""
     server = start_workers(start_server, models_dir, SERVE_MODELS=image_model.name)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SERVE_")}
-    env.update(SERVE_MODELS_DIR=str(models_dir), SERVE_MODELS=image_model.name, SERVE_HOST="127.0.0.1",
-               SERVE_PORT=str(server.port), SERVE_WORKERS=str(WORKERS), PYTHONPATH=str(REPO_ROOT))
-    second = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            check=False, timeout=60)
+    second = subprocess.run([sys.executable, "-m", "app"], env=server.environment(), cwd=tmp_path,
+                            capture_output=True, text=True, check=False, timeout=60)
     assert second.returncode == 3, second.stderr  # uvicorn's STARTUP_FAILURE
     assert "address already in use" in second.stderr.lower()
 
