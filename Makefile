@@ -36,11 +36,14 @@ serve: $(SERVE_STAMP)
 	SERVE_HOST=$(HOST) SERVE_PORT=$(PORT) $(BIN)/python -m app
 
 # System tools of the deployment checks (promtool, docker-compose, podman): installed with apt when root.
-# The tests of the shared server then run again against a server of 2 worker processes (about 20 s).
+# The tests of the shared server then run again against 2 worker processes, and against 2 workers feeding one
+# inference process (SERVE_SHARED_INFERENCE): about 20 s each.
 test: $(DEV_STAMP)
 	scripts/install-check-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	MODELSERVER_TEST_WORKERS=2 $(BIN)/python -m pytest $(PYTEST_ARGS) tests/serving -m shared_server
+	MODELSERVER_TEST_WORKERS=2 MODELSERVER_TEST_SHARED_INFERENCE=true \
+		$(BIN)/python -m pytest $(PYTEST_ARGS) tests/serving -m shared_server
 
 models: $(DEV_STAMP)
 	$(BIN)/python -m training default-models --models-dir models

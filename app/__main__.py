@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,6 +16,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from app.http_limits import LimitedHttpToolsProtocol
+from app.inference_process import InferenceProcess
 from app.logs import configure_logging
 from app.main import create_app
 from app.reuse_port import reserve_port
@@ -52,7 +54,7 @@ def main() -> None:
         "http": LimitedHttpToolsProtocol,
         "h11_max_incomplete_event_size": settings.max_header_bytes,  # the head limit LimitedHttpToolsProtocol applies
     }
-    if settings.workers == 1:
+    if settings.workers == 1 and not settings.shared_inference:
         uvicorn.run(APP_FACTORY, factory=True, **options)
         return
     # Each worker listens on a socket of its own (app.reuse_port); this one only keeps the port reserved.
@@ -65,11 +67,17 @@ def main() -> None:
     # prometheus-client reads its location when each worker imports it.
     shared = tempfile.mkdtemp(prefix="modelserver-workers-")
     os.environ[SHARED_DIRECTORY_ENV] = shared
-    logger.info("serving on http://%s:%d with %d workers", settings.host, settings.port, settings.workers)
+    inference = InferenceProcess(Path(shared)) if settings.shared_inference else None
+    if inference is not None:
+        inference.start()  # the workers wait for it as they load
+    logger.info("serving on http://%s:%d with %d workers%s", settings.host, settings.port, settings.workers,
+                " and an inference process" if inference is not None else "")
     try:
         Multiprocess(uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options),
                      sockets=[reserved]).run()
     finally:
+        if inference is not None:  # after the workers: they drained through it
+            inference.stop(settings.graceful_shutdown_s)
         reserved.close()
         shutil.rmtree(shared, ignore_errors=True)
 

@@ -81,6 +81,7 @@ class HealthResponse(BaseModel):
     ready: bool
     models: list[ModelStatus]  # as the worker process that answered sees them
     workers: list[WorkerStatus] | None = None  # every live worker process, when SERVE_WORKERS > 1
+    inference_process: WorkerStatus | None = None  # with SERVE_SHARED_INFERENCE, while one is up
 
 
 class BatchTimingDescription(BaseModel):

@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
+from app.front_end_model import FrontEndModel
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.registry import ModelRegistry
 from app.routes import health, predict, v2
 from app.routes.request_route import DirectRoutes, RequestRoute
+from app.served_model import ServedModel
 from app.settings import Settings
 from app.workers import WorkerBoard, shared_directory
 
@@ -33,9 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Models load in the background after start-up; `/health/ready` says when."""
     settings = settings or Settings()
     directory = shared_directory()
-    workers = WorkerBoard(directory, settings.workers) if settings.workers > 1 and directory else None
+    shared_inference = settings.shared_inference and directory is not None
+    workers = (WorkerBoard(directory, settings.workers, shared_inference=shared_inference)
+               if directory is not None and (settings.workers > 1 or shared_inference) else None)
     metrics = Metrics(workers)
-    registry = ModelRegistry(settings, metrics, workers)
+    registry = ModelRegistry(settings, metrics, workers, FrontEndModel if shared_inference else ServedModel)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -41,10 +41,12 @@ async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None
 class ModelRegistry:
     """Every configured model, whether it loaded or not, so health can say what is missing and why."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, workers: WorkerBoard | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, workers: WorkerBoard | None = None,
+                 model_type: type[ServedModel] = ServedModel) -> None:
         self._settings = settings
         self._metrics = metrics
         self.workers = workers  # the other worker processes, when there are several
+        self._model_type = model_type  # a FrontEndModel in the workers of SERVE_SHARED_INFERENCE
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
         self._swapping = asyncio.Lock()  # one load or unload at a time
@@ -75,7 +77,8 @@ class ModelRegistry:
             except ModelRepositoryError as exc:
                 self.failures[name] = str(exc)
                 continue
-            self.models[name] = ServedModel(config, version_dir(root, name, version), self._settings, self._metrics)
+            self.models[name] = self._model_type(config, version_dir(root, name, version), self._settings,
+                                                 self._metrics)
         for name, reason in self.failures.items():
             logger.error("cannot serve %s: %s", name, reason)
             self._metrics.model_ready.labels(name).set(0)
@@ -119,7 +122,7 @@ class ModelRegistry:
                 config = load_config(directory)
             except ModelRepositoryError as exc:
                 raise ModelLoadFailed(f"cannot load {name} version {version}: {exc}") from None
-            model = ServedModel(config, directory, self._settings, self._metrics)
+            model = self._model_type(config, directory, self._settings, self._metrics)
             await _run_in_daemon_thread(model.load, f"load-{name}-{version}")
             old = self.models.get(name)
             if model.error is not None:

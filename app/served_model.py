@@ -107,6 +107,12 @@ CHARACTERS_PER_TOKEN = 4
 class ServedModel:
     """Loads, warms up and answers for one model version through its dynamic batcher."""
 
+    # What this process records of the model: with SERVE_SHARED_INFERENCE the front-end workers record their
+    # requests (queue waits, queue capacity, preprocessing) and the inference process its batches (batch sizes,
+    # session.run times).
+    records_session_runs = True
+    records_requests = True
+
     def __init__(self, config: ModelConfig, directory: Path, settings: Settings, metrics: Metrics) -> None:
         self.config = config
         self.directory = directory
@@ -282,9 +288,11 @@ class ServedModel:
         batch_sizes, queue_waits = metrics.batch_size.labels(name), metrics.queue_wait.labels(name)
 
         def on_batch(rows: int, waits: list[float]) -> None:
-            batch_sizes.observe(rows)
-            for wait in waits:
-                queue_waits.observe(wait)
+            if self.records_session_runs:
+                batch_sizes.observe(rows)
+            if self.records_requests:
+                for wait in waits:
+                    queue_waits.observe(wait)
 
         self._batcher = Batcher(
             name,
@@ -299,15 +307,17 @@ class ServedModel:
             max_padded_size=self.max_padded_tokens * CHARACTERS_PER_TOKEN if self.max_padded_tokens else None,
         )
         self._batcher.start()
-        metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)
+        if self.records_requests:
+            metrics.queue_capacity.labels(name).set(self._settings.max_queue_size)
         metrics.max_batch_size.labels(name).set(self.max_batch_size)
         self.state = ModelState.READY
 
     def _text_length(self, request: WorkRequest) -> int:
         """A text request's length for length bucketing, in characters (a proxy for tokens) up to where the
-        tokenizer truncates: texts cut to `max_length` tokens are all equally long, so they keep their order."""
-        if request.kind != "text":
-            return 0
+        tokenizer truncates: texts cut to `max_length` tokens are all equally long, so they keep their order.
+        Token rows (v2 tensors, a front-end worker's batch) count `CHARACTERS_PER_TOKEN` per token."""
+        if request.kind == "tensor":
+            return max(row[TEXT_INPUT_IDS].shape[-1] for row in request.inputs) * CHARACTERS_PER_TOKEN
         return min(max(map(len, request.inputs)), self.config.preprocessing.max_length * CHARACTERS_PER_TOKEN)
 
     def _batch_runs_inline(self, rows: int) -> bool:
@@ -390,6 +400,10 @@ class ServedModel:
             ran = time.perf_counter()
             try:
                 outputs = self._session.run(self._output_names, feeds)
+            except ServiceError as exc:  # a refusal by the inference process (SERVE_SHARED_INFERENCE), not a failure
+                for index in good:
+                    outcomes[index] = exc
+                return outcomes
             except Exception as exc:  # noqa: BLE001 - any ONNX Runtime failure is isolated per request
                 if len(good) == 1:
                     # Logged with its error id and the request id when answered (app/errors.py).
@@ -401,8 +415,10 @@ class ServedModel:
                 return outcomes
             finished = time.perf_counter()
             if record:
-                self._preprocess_seconds.observe(ran - started)
-                self._inference_seconds.observe(finished - ran)
+                if self.records_requests:
+                    self._preprocess_seconds.observe(ran - started)
+                if self.records_session_runs:
+                    self._inference_seconds.observe(finished - ran)
             start = 0
             for index in good:
                 end = start + len(prepared[index])

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         "the CPUs; more pay for small models under load and cost heavy models latency at low load "
         "(docs/benchmarks.md)",
     )
+    shared_inference: bool = Field(
+        default=False,
+        description="the workers read, decode, tokenize and batch requests, and their batches run in one "
+        "inference process that holds every session and merges the batches of all workers (one CUDA context "
+        "and one copy of each model); `python -m app` starts it",
+    )
     graceful_shutdown_s: int = Field(default=30, ge=0, description="time to finish in-flight work on SIGTERM")
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024,

@@ -2,10 +2,11 @@
 
 uvicorn's supervisor starts and replaces the workers, each listening on a socket of its own on the one port
 (app.reuse_port), so the kernel spreads connections among them; each worker loads its own sessions and batches
-its own traffic. They share one directory, named by
-`PROMETHEUS_MULTIPROC_DIR`: prometheus-client's multiprocess files, so `/metrics` on any worker counts the
-requests of all of them, and one readiness file per worker, so `/health/ready` on any worker is 200 only when
-every worker is ready. The supervisor replaces a worker that dies; the replacement counts once it is ready.
+its own traffic, or, with `SERVE_SHARED_INFERENCE`, hands its batches to the one inference process
+(app.inference_process). They share one directory, named by `PROMETHEUS_MULTIPROC_DIR`: prometheus-client's
+multiprocess files, so `/metrics` on any worker counts the requests of all of them, and one readiness file per
+process, so `/health/ready` on any worker is 200 only when every worker (and the inference process) is ready.
+The supervisor replaces a worker or inference process that dies; the replacement counts once it is ready.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 SHARED_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_READY_PREFIX = "worker-"
+WORKER = "worker"
+INFERENCE = "inference"  # the one process holding the sessions, with SERVE_SHARED_INFERENCE
 
 
 def shared_directory() -> Path | None:
@@ -59,30 +61,36 @@ def one_worker_at_a_time(name: str) -> Iterator[None]:
 
 
 class WorkerBoard:
-    """Each worker's readiness, one small file per worker in the shared directory."""
+    """Each process's readiness, one small file per process in the shared directory: the workers', and the
+    inference process's with `SERVE_SHARED_INFERENCE`."""
 
-    def __init__(self, directory: Path, expected: int) -> None:
+    def __init__(self, directory: Path, expected: int, *, role: str = WORKER, shared_inference: bool = False) -> None:
         self.directory = directory
         self.expected = expected
+        self.role = role
+        self.shared_inference = shared_inference  # the workers are ready only while the inference process is
         self.pid = os.getpid()
 
     def publish(self, ready: bool) -> None:
-        """Say whether this worker is ready (written atomically: readers never see half a file)."""
-        path = self.directory / f"{_READY_PREFIX}{self.pid}"
+        """Say whether this process is ready (written atomically: readers never see half a file)."""
+        path = self.directory / f"{self.role}-{self.pid}"
         partial = path.with_suffix(".partial")
         partial.write_text("1" if ready else "0")
         partial.replace(path)
 
     def leave(self) -> None:
-        """This worker is stopping: forget its readiness and its live gauges."""
-        (self.directory / f"{_READY_PREFIX}{self.pid}").unlink(missing_ok=True)
+        """This process is stopping: forget its readiness and its live gauges."""
+        (self.directory / f"{self.role}-{self.pid}").unlink(missing_ok=True)
         multiprocess.mark_process_dead(self.pid, str(self.directory))
 
     def workers(self) -> dict[int, bool]:
         """Ready or not, per live worker; the files of workers that died are removed on the way."""
+        return self._states(self.role)
+
+    def _states(self, role: str) -> dict[int, bool]:
         states = {}
-        for path in self.directory.glob(f"{_READY_PREFIX}*"):
-            pid_text = path.name.removeprefix(_READY_PREFIX)
+        for path in self.directory.glob(f"{role}-*"):
+            pid_text = path.name.removeprefix(f"{role}-")
             if not pid_text.isdigit():
                 continue
             pid = int(pid_text)
@@ -96,13 +104,22 @@ class WorkerBoard:
                 continue
         return states
 
+    def inference_processes(self) -> dict[int, bool]:
+        """Ready or not, per live inference process (one, or none while it starts again)."""
+        return self._states(INFERENCE) if self.shared_inference else {}
+
+    def inference_ready(self) -> bool:
+        """The inference process is up and every model is ready in it (True without one)."""
+        return not self.shared_inference or any(self.inference_processes().values())
+
     def all_ready(self) -> bool:
-        """Every expected worker is up and ready."""
+        """Every expected worker is up and ready, and so is the inference process if there is one."""
         states = self.workers()
-        return len(states) >= self.expected and all(states.values())
+        return len(states) >= self.expected and all(states.values()) and self.inference_ready()
 
     def pids(self) -> list[int]:
-        return sorted(self.workers())
+        """The workers and the inference process."""
+        return sorted([*self.workers(), *self.inference_processes()])
 
 
 class WorkersProcessCollector(Collector):

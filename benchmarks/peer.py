@@ -47,11 +47,13 @@ from app.settings import Settings
 from model_repository import ModelConfig, latest_version, load_config, version_dir
 
 BUILT_MODELS = REPO / "benchmarks" / "results" / "models"
-SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2")
+SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared")
 NAIVE = ("naive-def", "naive-async")
-# The service in one process, and with SERVE_WORKERS=2 (whole-service workers on one port): not in the default
-# run; name it in --servers to compare the two, with --server-cpus giving the workers more than one CPU.
-SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"}}
+# The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), and with 2 workers
+# feeding one inference process (SERVE_SHARED_INFERENCE): the last two are not in the default run; name them in
+# --servers to compare, with --server-cpus giving the workers more than one CPU.
+SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"},
+            "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"}}
 DEFAULT_SERVERS = ("trivial", "naive-def", "naive-async", "service")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_LINE = re.compile(r'^(modelserver_\w+)\{model="([^"]*)"\}\s+(\S+)$')
@@ -742,7 +744,7 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue",
-               "service-w2": "tab:green"}
+               "service-w2": "tab:green", "service-w2-shared": "tab:purple"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
     others = [c["requests_per_s"] for c in case["cells"] if c["server"] != "trivial"] + rates

@@ -28,12 +28,13 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 async def health(registry: Registry) -> HealthResponse:
     """Liveness with per-model detail. Always 200 while the process answers; see `ready`."""
     ready = registry.ready
-    workers = None
+    workers = inference = None
     if registry.workers is not None:
         workers = [WorkerStatus(pid=pid, ready=ok) for pid, ok in sorted(registry.workers.workers().items())]
-    return HealthResponse(
-        status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status(), workers=workers
-    )
+        inference = next((WorkerStatus(pid=pid, ready=ok)
+                          for pid, ok in registry.workers.inference_processes().items()), None)
+    return HealthResponse(status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status(),
+                          workers=workers, inference_process=inference)
 
 
 @router.get("/health/live", tags=["health"], dependencies=HealthAccess)
@@ -59,6 +60,8 @@ async def ready(registry: Registry) -> JSONResponse:
         message = "shutting down"
     elif not registry.models and not registry.failures:
         message = "no models configured"
+    elif registry.ready_here and registry.workers is not None and not registry.workers.inference_ready():
+        message = "the inference process is not ready (starting, or starting again after it stopped)"
     elif registry.ready_here and registry.workers is not None:
         ready_workers = sum(registry.workers.workers().values())
         message = f"{ready_workers} of {registry.workers.expected} worker processes ready"

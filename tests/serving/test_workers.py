@@ -203,13 +203,14 @@ IN_FLIGHT = 40
 HOLD_MS = 3000
 
 
-def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: CopyModels,
+@pytest.mark.parametrize("shared_inference", ["false", "true"], ids=["own-sessions", "shared-inference"])
+def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: CopyModels, shared_inference: str,
                                      image_model: ModelUnderTest, digits: list[bytes]) -> None:
     models = copy_models(image_model.name, edit={
         image_model.name: lambda root: edit_config(root / image_model.directory.name, max_batch_size=IN_FLIGHT + 24)
     })
     server = start_workers(start_server, models, SERVE_MAX_BATCH_WAIT_MS=str(HOLD_MS), SERVE_GRACEFUL_SHUTDOWN_S="60",
-                           SERVE_BATCH_SIZE_SEARCH="false")
+                           SERVE_BATCH_SIZE_SEARCH="false", SERVE_SHARED_INFERENCE=shared_inference)
     images = digits[:IN_FLIGHT]
     with server.client(limits=httpx.Limits(max_connections=IN_FLIGHT)) as client, \
             ThreadPoolExecutor(IN_FLIGHT) as pool:
