@@ -54,10 +54,6 @@ class InferenceProcess:
         self._stop_sender: Connection | None = None
         self._watcher = threading.Thread(target=self._watch, name="inference-process-watcher", daemon=True)
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def start(self) -> None:
         self._spawn()
         self._watcher.start()
