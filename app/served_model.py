@@ -243,7 +243,7 @@ class ServedModel:
             for _ in range(self._settings.warmup_runs):
                 self._run_warm_up_batch(rows)
         search = self._settings.batch_size_search
-        with one_worker_at_a_time("batch-size-search"):
+        with one_worker_at_a_time("warm-up-timing"):
             self._keep_the_faster_thread_count()
             self.batch_curve = batch_tuning.measure(
                 self._run_warm_up_batch, batch_tuning.candidate_sizes(configured) if search else [1]

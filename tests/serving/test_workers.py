@@ -230,15 +230,15 @@ def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: Cop
     assert server.process.wait(60) == 0, server.log()
 
 
-def test_batch_size_searches_take_turns_across_workers(tmp_path: Path) -> None:
-    """Workers start together; timing batch sizes in two at once would measure their competition for the CPUs.
-    A second worker's search waits until the first one's is done."""
+def test_warm_up_timings_take_turns_across_workers(tmp_path: Path) -> None:
+    """Workers start together; timing batch sizes and thread counts in two at once would measure their
+    competition for the CPUs. A second worker's timing waits until the first one's is done."""
     env = {**os.environ, SHARED_DIRECTORY_ENV: str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
     other_worker = ("import time\nfrom app.workers import one_worker_at_a_time\nprint('waiting', flush=True)\n"
-                    "with one_worker_at_a_time('batch-size-search'):\n    print(time.monotonic(), flush=True)\n")
+                    "with one_worker_at_a_time('warm-up-timing'):\n    print(time.monotonic(), flush=True)\n")
     os.environ[SHARED_DIRECTORY_ENV] = str(tmp_path)
     try:
-        with one_worker_at_a_time("batch-size-search"):
+        with one_worker_at_a_time("warm-up-timing"):
             other = subprocess.Popen([sys.executable, "-c", other_worker], env=env, cwd=REPO_ROOT,
                                      stdout=subprocess.PIPE, text=True)
             assert other.stdout is not None
