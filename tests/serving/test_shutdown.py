@@ -163,8 +163,10 @@ def _readiness_after(server: ServerProcess, until: float) -> int:
                 return status
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_under_load_loses_no_request(workers: int, start_server: StartServer, models_dir: Path,
+@pytest.mark.parametrize(("workers", "shared_inference"), [(1, "false"), (2, "false"), (2, "true")],
+                         ids=["1-worker", "2-workers", "2-workers-shared-inference"])
+def test_sigterm_under_load_loses_no_request(workers: int, shared_inference: str, start_server: StartServer,
+                                             models_dir: Path,
                                              image_model: ModelUnderTest, text_model: ModelUnderTest,
                                              digits: list[bytes], reviews: list[str]) -> None:
     """Clients in a closed loop on keep-alive connections (image and text /predict, v2 infer) when SIGTERM
@@ -173,7 +175,7 @@ def test_sigterm_under_load_loses_no_request(workers: int, start_server: StartSe
     server exits 0 once the delay and the drain are over."""
     server = start_server(
         models_dir, SERVE_MODELS=f"{image_model.name},{text_model.name}", SERVE_WORKERS=str(workers),
-        SERVE_SHUTDOWN_DELAY_S=str(SHUTDOWN_DELAY_S),
+        SERVE_SHARED_INFERENCE=shared_inference, SERVE_SHUTDOWN_DELAY_S=str(SHUTDOWN_DELAY_S),
         SERVE_MAX_BATCH_WAIT_MS="20",  # requests wait in the batchers, so some are queued when SIGTERM comes
     )
     server.wait_ready(timeout=180)
