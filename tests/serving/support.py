@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -432,3 +433,11 @@ def batches_larger_than_one(samples: Samples, model: str) -> float:
 
 def json_dumps(document: Any) -> bytes:
     return json.dumps(document).encode()
+
+
+def publish_version(model_root: Path, source_version: int, version: int, labels: list[str]) -> None:
+    """Copy a version under a new number and new label names, through a staging folder renamed into place."""
+    staging = model_root / f".staging-{version}"
+    shutil.copytree(model_root / str(source_version), staging)
+    edit_config(staging, version=version, labels=labels)
+    staging.rename(model_root / str(version))

@@ -8,7 +8,6 @@ need an API key, and are closed when none is configured.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -16,18 +15,10 @@ import httpx
 import numpy as np
 
 from .conftest import CopyModels, StartServer
-from .support import ModelUnderTest, ServerProcess, assert_json_error, edit_config
+from .support import ModelUnderTest, ServerProcess, assert_json_error, publish_version
 
 KEY = "admin-key"
 HEADERS = {"X-API-Key": KEY}
-
-
-def publish_version(model_root: Path, source_version: int, version: int, labels: list[str]) -> None:
-    """Copy a version under a new number and new label names, through a staging folder renamed into place."""
-    staging = model_root / f".staging-{version}"
-    shutil.copytree(model_root / str(source_version), staging)
-    edit_config(staging, version=version, labels=labels)
-    staging.rename(model_root / str(version))
 
 
 def serve_a_copy(start_server: StartServer, copy_models: CopyModels,

@@ -1,8 +1,9 @@
 """Workers that hand their batches to one inference process (`SERVE_SHARED_INFERENCE`).
 
 The batches of every worker run together in the inference process; one that dies is answered for (503, no
-request hangs), /health/ready is 503 until a new one is ready, and then it serves again. `make test` also runs
-the tests of the shared server against this mode, and test_workers.py's drain on SIGTERM runs in it too.
+request hangs), /health/ready is 503 until a new one is ready, and then it serves again; a new model version
+asked for at run time is refused with the reason, and the one serving goes on. `make test` also runs the tests
+of the shared server against this mode, and the SIGTERM tests of test_workers.py and test_shutdown.py run in it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import StartServer
-from .support import ModelUnderTest, ServerProcess, assert_prediction, scrape, value
+from .conftest import CopyModels, StartServer
+from .support import (
+    ModelUnderTest,
+    ServerProcess,
+    assert_json_error,
+    assert_prediction,
+    publish_version,
+    scrape,
+    value,
+)
 
 WORKERS = 2
 REQUESTS = 16
+KEY = "admin-key"
 
 
 def start_shared(start_server: StartServer, models: Path, **env: str) -> ServerProcess:
@@ -93,3 +103,19 @@ def test_a_dead_inference_process_is_answered_for_and_replaced(
         answer = post_image(client, digits[1])
     assert answer.status_code == 200, answer.text
     assert_prediction(answer.json(), image_model.image_probabilities(digits[1]), image_model.labels, 5)
+
+
+def test_a_new_version_needs_a_restart_and_the_serving_one_goes_on(
+        start_server: StartServer, copy_models: CopyModels, image_model: ModelUnderTest, digits: list[bytes]) -> None:
+    models = copy_models(image_model.name)
+    server = start_shared(start_server, models, SERVE_API_KEY=KEY)
+    version = image_model.config.version
+    publish_version(models / image_model.name, version, version + 1, [f"new-{label}" for label in image_model.labels])
+    with server.client(headers={"X-API-Key": KEY}) as client:
+        refused = assert_json_error(client.post(f"/v2/repository/models/{image_model.name}/load"), 400,
+                                    "model_load_failed")
+        assert "restart" in refused["error"], refused
+        answer = post_image(client, digits[0])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == version
+    assert_prediction(answer.json(), image_model.image_probabilities(digits[0]), image_model.labels, 5)
