@@ -72,14 +72,19 @@ def main() -> None:
         inference.start()  # the workers wait for it as they load
     logger.info("serving on http://%s:%d with %d workers%s", settings.host, settings.port, settings.workers,
                 " and an inference process" if inference is not None else "")
+    supervisor = Multiprocess(uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options),
+                              sockets=[reserved])
     try:
-        Multiprocess(uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options),
-                     sockets=[reserved]).run()
+        supervisor.run()
     finally:
         if inference is not None:  # after the workers: they drained through it
             inference.stop(settings.graceful_shutdown_s)
         reserved.close()
         shutil.rmtree(shared, ignore_errors=True)
+    # uvicorn's supervisor stops when a worker fails to start (SERVE_STRICT_STARTUP), but returns as from a
+    # clean stop: exit as a single process would, so that a process manager sees the failure.
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from .conftest import CopyModels, StartServer
 from .faulty_model import FAULTY, build_faulty_model, dim_digit
@@ -102,6 +103,19 @@ def test_strict_startup_exits_on_a_broken_model(copy_models: CopyModels, tmp_pat
     assert status != 0, log
     assert f"cannot serve {image_model.name}" in log and reason in log, log
     assert "Application startup failed" in log, log
+
+
+@pytest.mark.parametrize("shared_inference", ["false", "true"], ids=["own-sessions", "shared-inference"])
+def test_strict_startup_exits_non_zero_with_several_workers(copy_models: CopyModels, tmp_path: Path,
+                                                            image_model: ModelUnderTest, shared_inference: str) -> None:
+    """uvicorn's supervisor stops once a worker fails to start, and would exit 0: a process manager that
+    restarts on failure would then take the broken start-up for a clean stop."""
+    damage, reason = BREAKAGES["corrupt"]
+    models = copy_models(image_model.name, edit={image_model.name: lambda root: damage(root / image_model.directory.name)})
+    status, log = exit_status(models, tmp_path / "strict", SERVE_STRICT_STARTUP="true", SERVE_WORKERS="2",
+                              SERVE_SHARED_INFERENCE=shared_inference)
+    assert status == STARTUP_FAILURE, log
+    assert f"cannot serve {image_model.name}" in log and reason in log, log
 
 
 def test_strict_startup_serves_when_every_model_loads(start_server: StartServer, models_dir: Path,
