@@ -164,7 +164,8 @@ class ServedModel:
         self.error = reason.replace(str(self.directory), f"{self.name}/{self.config.version}")
         logger.error("model %s failed to load: %s", self.name, reason)
 
-    def _load_session(self) -> None:
+    def _verify_file(self) -> None:
+        """The ONNX file is the one config.json describes (its sha256)."""
         onnx_path = self.directory / self.config.onnx_file
         digest = file_sha256(onnx_path)
         if digest != self.config.sha256:
@@ -172,6 +173,9 @@ class ServedModel:
                 f"{onnx_path.name} sha256 is {digest}, but config.json says {self.config.sha256}: "
                 "the file was changed or corrupted"
             )
+
+    def _load_session(self) -> None:
+        self._verify_file()
         settings = self._settings
         cpus = cpus_per_worker(settings.workers)
         self.intra_op_threads = settings.intra_op_threads or cpus
