@@ -33,7 +33,7 @@ SOCKET_NAME = "inference.sock"
 _LENGTH = struct.Struct("!Q")
 
 # What the inference process is asked: `("describe", name, version)` answers the model's state and batch caps;
-# `("run", name, version, output_names, feeds, deadline)` the outputs of the batch's rows.
+# `("run", name, version, output_names, feeds)` the outputs of the batch's rows.
 Message = tuple[Any, ...]
 
 
