@@ -27,7 +27,7 @@ MAX_ITEMS = 64
 # Worker processes of the shared server: `make test` runs the tests that use it (marked `shared_server`) with
 # 1, then again with 2, and with 2 that hand their batches to an inference process (SERVE_SHARED_INFERENCE).
 SHARED_SERVER_WORKERS = int(os.environ.get("MODELSERVER_TEST_WORKERS", "1"))
-SHARED_SERVER_SHARED_INFERENCE = os.environ.get("MODELSERVER_TEST_SHARED_INFERENCE", "false")
+SHARED_SERVER_SHARED_INFERENCE = os.environ.get("MODELSERVER_TEST_SHARED_INFERENCE", "false") == "true"
 
 # Movie-review-like sentences, positive and negative, short and long.
 REVIEWS = [
@@ -92,7 +92,7 @@ def start_limited_server(workdir: Path) -> ServerProcess:
         "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
         "SERVE_MAX_ITEMS_PER_REQUEST": str(MAX_ITEMS),
         "SERVE_WORKERS": str(SHARED_SERVER_WORKERS),
-        "SERVE_SHARED_INFERENCE": SHARED_SERVER_SHARED_INFERENCE,
+        "SERVE_SHARED_INFERENCE": str(SHARED_SERVER_SHARED_INFERENCE).lower(),
     })
     return process.start().wait_ready()
 

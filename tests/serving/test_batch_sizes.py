@@ -57,7 +57,7 @@ def test_models_and_metrics_report_the_measured_size(http: httpx.Client, image_m
             assert item["max_padded_tokens"] is None
             assert item["max_batch_size"] == best
         reported = value(samples, "modelserver_max_batch_size", model=model.name)
-        if SHARED_SERVER_WORKERS == 1 or SHARED_SERVER_SHARED_INFERENCE == "true":  # measured in one process
+        if SHARED_SERVER_WORKERS == 1 or SHARED_SERVER_SHARED_INFERENCE:  # measured in one process
             assert reported == item["max_batch_size"]
         else:  # each worker measures its own size; the gauge is the largest, /models shows the answering worker's
             assert reported >= item["max_batch_size"]
