@@ -100,6 +100,9 @@ class ModelDescription(ModelStatus):
     max_padded_tokens: int | None = Field(
         default=None, description="text models: the cap on rows x longest tokens per batch, from the measured "
         "best size at full length; shorter texts batch more rows, up to max_batch_size")
+    max_padding: float | None = Field(
+        default=None, description="text models on the CPU: a text joins a batch only while the batch's padding "
+        "stays within this fraction of its texts' real length, so mixed lengths run as batches of like lengths")
     configured_max_batch_size: int = Field(description="config.json's max_batch_size, capped by SERVE_MAX_BATCH_SIZE")
     intra_op_threads: int = Field(
         description="ONNX Runtime's threads per inference: SERVE_INTRA_OP_THREADS, else this worker's share of the "

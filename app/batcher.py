@@ -7,7 +7,9 @@ and the next batch takes as many of them as fit in `max_batch_size` rows, so bat
 own. When the batcher knows request lengths (`length_of`, for text), the next batch is the oldest request
 plus the queued ones closest to it in length, so padding stays small under mixed traffic, and the padded
 batch (rows times its longest length) stays within `max_padded_size`, so a batch of short texts holds more
-rows than one of long texts; the oldest always goes first, so none starves. The
+rows than one of long texts; with `max_padding` (a fraction), a request joins only if the batch's padding stays
+within that fraction of its real length, so a mixed queue runs as a few batches of like lengths rather than one
+padded to its longest; the oldest always goes first, so none starves. The
 queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
 when the deadline passes, or at once if the rows queued ahead of it, at the pace batches have been running,
 would take longer than its deadline leaves), a request whose client has gone (`client_gone`) is dropped unrun
@@ -64,6 +66,7 @@ class Batcher(Generic[RequestT, ResultT]):
         run_inline: Callable[[int], bool] | None = None,
         length_of: Callable[[RequestT], int] | None = None,
         max_padded_size: int | None = None,
+        max_padding: float | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -75,6 +78,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._run_inline = run_inline
         self._length_of = length_of
         self.max_padded_size = max_padded_size
+        self.max_padding = max_padding
         self._running = False  # a batch is running (on the worker thread or the loop)
         self._claimed = False  # a lone request is about to run on the event loop
         self._queue: deque[_Pending[RequestT]] = deque()
@@ -279,15 +283,19 @@ class Batcher(Generic[RequestT, ResultT]):
         """The oldest request, then the queued ones nearest to it in length while they fit."""
         oldest = self._queue[0]
         batch, rows, longest = [oldest], oldest.rows, oldest.length
+        real = oldest.rows * oldest.length  # the batch's length without padding (an upper bound for a list)
         by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(pending.length - oldest.length))
         for pending in by_closeness:
             length = max(longest, pending.length)
+            padded = (rows + pending.rows) * length
             if rows + pending.rows > self.max_batch_size or (
-                self.max_padded_size is not None and (rows + pending.rows) * length > self.max_padded_size
+                self.max_padded_size is not None and padded > self.max_padded_size
+            ) or (
+                self.max_padding is not None and padded > (1 + self.max_padding) * (real + pending.rows * pending.length)
             ):
                 continue
             batch.append(pending)
-            rows, longest = rows + pending.rows, length
+            rows, longest, real = rows + pending.rows, length, real + pending.rows * pending.length
             if rows == self.max_batch_size:
                 break
         taken = set(map(id, batch))

@@ -50,6 +50,12 @@ BEHIND_SECONDS = 0.008
 # Every batch measured at warm-up to take at most this long then runs on the loop; longer ones keep the
 # thread, so the loop still answers health probes while a heavy model computes.
 SINGLE_CPU_INLINE_MAX_SECONDS = 0.02
+# On the CPU a text batch costs about what its padded tokens do, so a queued text joins a batch only while the
+# batch's padding stays within this fraction of its real length: a mixed queue runs as a few batches of like
+# lengths. In-process on SST-2 sentences (queues of 4 to 64 texts drawn at random, one thread), against one
+# batch of the whole queue: TextCNN +22% to +80% texts/s, MiniLM-L6 +44% (8 texts) and +76% (32). On a GPU
+# padding costs little and each run costs more, so there the batch takes what fits.
+CPU_MAX_PADDING = 0.25
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype(np.float32),
@@ -309,6 +315,7 @@ class ServedModel:
             run_inline=self._batch_runs_inline,
             length_of=self._text_length if self._encoder is not None else None,
             max_padded_size=self.max_padded_tokens * CHARACTERS_PER_TOKEN if self.max_padded_tokens else None,
+            max_padding=self.max_padding,
         )
         self._batcher.start()
         if self.records_requests:
@@ -344,6 +351,11 @@ class ServedModel:
         if self._batcher is not None:
             self.state = ModelState.DRAINING
             await self._batcher.drain()
+
+    @property
+    def max_padding(self) -> float | None:
+        """Text models on the CPU: the most padding a batch carries, as a fraction of its texts' real length."""
+        return CPU_MAX_PADDING if self._encoder is not None and self.provider == CPU else None
 
     @property
     def ready(self) -> bool:

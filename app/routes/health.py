@@ -85,6 +85,7 @@ async def list_models(registry: Registry) -> ModelsResponse:
             preprocessing=config.preprocessing.model_dump(),
             max_batch_size=model.max_batch_size,
             max_padded_tokens=model.max_padded_tokens,
+            max_padding=model.max_padding,
             configured_max_batch_size=model.configured_max_batch_size,
             intra_op_threads=model.intra_op_threads,
             batch_size_curve=[

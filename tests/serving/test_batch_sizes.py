@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from app.batch_tuning import BatchTiming, best_batch_size, candidate_sizes
+from app.served_model import CPU_MAX_PADDING
 
 from .conftest import SHARED_SERVER_SHARED_INFERENCE, SHARED_SERVER_WORKERS, StartServer
 from .support import ModelUnderTest, scrape, value
@@ -53,8 +54,10 @@ def test_models_and_metrics_report_the_measured_size(http: httpx.Client, image_m
         if model is text_model:  # timed at full length: the best size caps padded tokens, not rows
             assert item["max_padded_tokens"] == best * model.config.preprocessing.max_length
             assert item["max_batch_size"] == configured
+            assert item["max_padding"] == CPU_MAX_PADDING  # the suite serves on the CPU
         else:
             assert item["max_padded_tokens"] is None
+            assert item["max_padding"] is None
             assert item["max_batch_size"] == best
         reported = value(samples, "modelserver_max_batch_size", model=model.name)
         if SHARED_SERVER_WORKERS == 1 or SHARED_SERVER_SHARED_INFERENCE:  # measured in one process

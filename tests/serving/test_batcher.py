@@ -218,3 +218,37 @@ def test_the_padded_size_cap_fits_more_short_requests_than_long_ones() -> None:
     assert sorted(length for batch in queued for length in batch) == sorted(long + short)
     assert all(len(batch) * max(batch) <= 200 for batch in queued), queued
     assert [10] * 12 in queued, f"the short requests should fill one batch: {queued}"
+
+
+def test_with_a_padding_bound_a_mixed_queue_runs_as_batches_of_like_lengths() -> None:
+    """With `max_padding`, a queue that one batch could hold runs as several, each padded by at most that
+    fraction of its real length, and the oldest request still goes first."""
+    lengths = [10, 100, 12, 90, 11, 110, 13, 95]
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def run(requests: Sequence[int]) -> list[int]:
+        if not batches:
+            release.wait(10)
+        batches.append(list(requests))
+        return list(requests)
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=16, max_queue_size=100,
+                                             length_of=lambda length: length, max_padding=0.25)
+        batcher.start()
+        deadline = time.perf_counter() + 30
+        first = asyncio.create_task(batcher.submit(1, 1, deadline))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(length, 1, deadline)) for length in lengths]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.drain()
+
+    asyncio.run(main())
+    queued = batches[1:]
+    assert sorted(length for batch in queued for length in batch) == sorted(lengths)
+    assert all(len(batch) * max(batch) <= 1.25 * sum(batch) for batch in queued), queued
+    assert queued[0][0] == lengths[0], f"the oldest request did not go first: {queued}"
+    assert sorted(queued[0]) == [10, 11, 12, 13], f"the short requests should share the first batch: {queued}"
