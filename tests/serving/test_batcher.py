@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from app.batcher import Batcher
 from app.errors import DeadlineExceeded
@@ -16,8 +17,10 @@ from app.errors import DeadlineExceeded
 MAX_BATCH = 4
 
 
-def run_batches(lengths: list[int], length_aware: bool) -> list[list[int]]:
-    """Queue one request per length while a first batch blocks the worker, then record every batch."""
+def run_batches(lengths: list[int], length_aware: bool, max_batch_size: int = MAX_BATCH,
+                **options: Any) -> list[list[int]]:
+    """Queue one request per length while a first batch blocks the worker, then record every batch after it
+    (`options`: more Batcher arguments)."""
     batches: list[list[int]] = []
     release = threading.Event()
 
@@ -28,8 +31,9 @@ def run_batches(lengths: list[int], length_aware: bool) -> list[list[int]]:
         return list(requests)
 
     async def main() -> list[int]:
-        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=MAX_BATCH, max_queue_size=100,
-                                             length_of=(lambda length: length) if length_aware else None)
+        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=max_batch_size, max_queue_size=100,
+                                             length_of=(lambda length: length) if length_aware else None,
+                                             **options)
         batcher.start()
         deadline = time.perf_counter() + 30
         first = asyncio.create_task(batcher.submit(-1, 1, deadline))
@@ -191,30 +195,7 @@ def test_the_padded_size_cap_fits_more_short_requests_than_long_ones() -> None:
     """With `max_padded_size`, rows x the longest length in a batch stays within it: short texts share a
     batch by the dozen, long ones go a few at a time."""
     short, long = [10] * 12, [100] * 4
-    batches: list[list[int]] = []
-    release = threading.Event()
-
-    def run(requests: Sequence[int]) -> list[int]:
-        if not batches:
-            release.wait(10)
-        batches.append(list(requests))
-        return list(requests)
-
-    async def main() -> None:
-        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=16, max_queue_size=100,
-                                             length_of=lambda length: length, max_padded_size=200)
-        batcher.start()
-        deadline = time.perf_counter() + 30
-        first = asyncio.create_task(batcher.submit(1, 1, deadline))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(batcher.submit(length, 1, deadline)) for length in long + short]
-        await asyncio.sleep(0.05)
-        release.set()
-        await asyncio.gather(first, *rest)
-        await batcher.drain()
-
-    asyncio.run(main())
-    queued = batches[1:]
+    queued = run_batches(long + short, length_aware=True, max_batch_size=16, max_padded_size=200)
     assert sorted(length for batch in queued for length in batch) == sorted(long + short)
     assert all(len(batch) * max(batch) <= 200 for batch in queued), queued
     assert [10] * 12 in queued, f"the short requests should fill one batch: {queued}"
@@ -224,30 +205,7 @@ def test_with_a_padding_bound_a_mixed_queue_runs_as_batches_of_like_lengths() ->
     """With `max_padding`, a queue that one batch could hold runs as several, each padded by at most that
     fraction of its real length, and the oldest request still goes first."""
     lengths = [10, 100, 12, 90, 11, 110, 13, 95]
-    batches: list[list[int]] = []
-    release = threading.Event()
-
-    def run(requests: Sequence[int]) -> list[int]:
-        if not batches:
-            release.wait(10)
-        batches.append(list(requests))
-        return list(requests)
-
-    async def main() -> None:
-        batcher: Batcher[int, int] = Batcher("test", run, max_batch_size=16, max_queue_size=100,
-                                             length_of=lambda length: length, max_padding=0.25)
-        batcher.start()
-        deadline = time.perf_counter() + 30
-        first = asyncio.create_task(batcher.submit(1, 1, deadline))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(batcher.submit(length, 1, deadline)) for length in lengths]
-        await asyncio.sleep(0.05)
-        release.set()
-        await asyncio.gather(first, *rest)
-        await batcher.drain()
-
-    asyncio.run(main())
-    queued = batches[1:]
+    queued = run_batches(lengths, length_aware=True, max_batch_size=16, max_padding=0.25)
     assert sorted(length for batch in queued for length in batch) == sorted(lengths)
     assert all(len(batch) * max(batch) <= 1.25 * sum(batch) for batch in queued), queued
     assert queued[0][0] == lengths[0], f"the oldest request did not go first: {queued}"
