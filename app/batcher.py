@@ -287,21 +287,25 @@ class Batcher(Generic[RequestT, ResultT]):
         by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(pending.length - oldest.length))
         for pending in by_closeness:
             length = max(longest, pending.length)
-            padded = (rows + pending.rows) * length
-            if rows + pending.rows > self.max_batch_size or (
-                self.max_padded_size is not None and padded > self.max_padded_size
-            ) or (
-                self.max_padding is not None and padded > (1 + self.max_padding) * (real + pending.rows * pending.length)
-            ):
+            joined_rows, joined_real = rows + pending.rows, real + pending.rows * pending.length
+            if not self._fits(joined_rows, joined_rows * length, joined_real):
                 continue
             batch.append(pending)
-            rows, longest, real = rows + pending.rows, length, real + pending.rows * pending.length
+            rows, longest, real = joined_rows, length, joined_real
             if rows == self.max_batch_size:
                 break
         taken = set(map(id, batch))
         self._queue = deque(pending for pending in self._queue if id(pending) not in taken)
         self._queued_rows -= rows
         return batch
+
+    def _fits(self, rows: int, padded: int, real: int) -> bool:
+        """Whether a batch of `rows` rows, `padded` long once padded and `real` long without, is within the caps."""
+        if rows > self.max_batch_size:
+            return False
+        if self.max_padded_size is not None and padded > self.max_padded_size:
+            return False
+        return self.max_padding is None or padded <= (1 + self.max_padding) * real
 
     async def _wait_for_more(self) -> None:
         """Hold the first request up to `max_wait_s` while the batch is not full."""
