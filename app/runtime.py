@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 _ALIASES = {"cpu": CPU, "cuda": CUDA}
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # cuDNN's default exhaustive search costs 60-250 ms the first time each new input shape runs (measured on an
 # H100 with the bundled CNN), and dynamic batching makes new shapes all the time; the heuristic choice costs
@@ -27,20 +28,35 @@ _ALIASES = {"cpu": CPU, "cuda": CUDA}
 DEFAULT_PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of the cgroup mounted at `root` (a container's own), in CPUs; None when it sets none.
+
+    cgroup v2 says it in `cpu.max` (`<quota> <period>` or `max <period>`); cgroup v1 in `cpu/cpu.cfs_quota_us`
+    (-1 for none) over `cpu/cpu.cfs_period_us`.
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()
+    except FileNotFoundError:
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except FileNotFoundError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return int(quota) / int(period)
+
+
 def usable_cpus() -> int:
-    """CPUs this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit).
+    """CPUs this process may run on: its CPU affinity, capped by a cgroup CPU quota (a container's limit),
+    rounded up.
 
     ONNX Runtime's own default counts the machine's cores, so a pinned or CPU-limited server would run more
     compute threads than it has CPUs, and they would wait for each other.
     """
     count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        return count
-    if quota == "max":
-        return count
-    return max(1, min(count, math.ceil(int(quota) / int(period))))
+    quota = cgroup_cpu_quota()
+    return count if quota is None else max(1, min(count, math.ceil(quota)))
 
 
 def cpus_per_worker(workers: int) -> int:
