@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,11 +95,12 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
     access_log: bool = Field(default=False, description="uvicorn's access log (costs about 40% throughput)")
-    workers: int = Field(
-        default=1, ge=1,
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
         description="server processes on the one port, each with its own sessions and batchers and 1/N of "
-        "the CPUs; more pay for small models under load and cost heavy models latency at low load "
-        "(docs/benchmarks.md)",
+        "the CPUs; `auto`: one per usable CPU (at most 8), or one where the sessions ask for CUDA "
+        "(app.worker_count). More pay for small models under load; 1 stays the default because a "
+        "repository load or unload reaches one worker only (README, Several worker processes)",
     )
     shared_inference: bool = Field(
         default=False,
@@ -133,6 +134,23 @@ class Settings(BaseSettings):
         if closed and not self.api_key_digests:
             raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY or SERVE_API_KEYS")
         return self
+
+    _auto_workers_reason: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve_auto_workers(self) -> Settings:
+        """`workers=auto` becomes a number here, the same in every process (app.worker_count)."""
+        if self.workers == "auto":
+            from app.worker_count import auto_workers  # imports ONNX Runtime: only when asked for
+
+            choice = auto_workers(self.providers)
+            self.workers, self._auto_workers_reason = choice.count, choice.reason
+        return self
+
+    @property
+    def auto_workers_reason(self) -> str | None:
+        """Why `SERVE_WORKERS=auto` chose `workers` processes; None when the setting named a number."""
+        return self._auto_workers_reason
 
     def accepted_api_keys(self) -> list[str]:
         """`api_key` and every key of `api_keys`, in that order."""

@@ -47,13 +47,15 @@ from app.settings import Settings
 from model_repository import ModelConfig, latest_version, load_config, version_dir
 
 BUILT_MODELS = REPO / "benchmarks" / "results" / "models"
-SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared")
+SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-auto")
 NAIVE = ("naive-def", "naive-async")
-# The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), and with 2 workers
-# feeding one inference process (SERVE_SHARED_INFERENCE): the last two are not in the default run; name them in
-# --servers to compare, with --server-cpus giving the workers more than one CPU.
+# The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), with 2 workers feeding
+# one inference process (SERVE_SHARED_INFERENCE), and with SERVE_WORKERS=auto (one per server CPU): the last
+# three are not in the default run; name them in --servers to compare, with --server-cpus giving the workers
+# more than one CPU.
 SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"},
-            "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"}}
+            "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"},
+            "service-auto": {"SERVE_WORKERS": "auto"}}
 DEFAULT_SERVERS = ("trivial", "naive-def", "naive-async", "service")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_LINE = re.compile(r'^(modelserver_\w+)\{model="([^"]*)"\}\s+(\S+)$')
@@ -81,6 +83,8 @@ CASES = {
     case.name: case for case in (
         Case("mnist-cnn", "mnist-cnn", False, "mnist", 512, "bundled CNN (28x28 grey); PNG digits"),
         Case("sst2-textcnn", "sst2-textcnn", False, "sst2", 872, "bundled TextCNN; SST-2 sentences, own lengths"),
+        Case("efficientnet-lite0-imagenet", "efficientnet-lite0-imagenet", False, "photos", 96,
+             "bundled EfficientNet-Lite0 at 224x224 RGB; JPEG photos of many sizes"),
         Case("resnet18", "resnet18", True, "photos", 96, "ResNet-18 at 224x224 RGB; JPEG photos of many sizes"),
         Case("minilm-128", "minilm-l6", True, "sst2-long", 256,
              "MiniLM-L6, every text truncated to 128 tokens (heavy model, fixed length)"),
@@ -744,7 +748,7 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue",
-               "service-w2": "tab:green", "service-w2-shared": "tab:purple"}
+               "service-w2": "tab:green", "service-w2-shared": "tab:purple", "service-auto": "tab:cyan"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
     others = [c["requests_per_s"] for c in case["cells"] if c["server"] != "trivial"] + rates
