@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.arrival import arrival_time
+from app.middleware import REQUEST_ID_HEADER, request_id_for
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -158,8 +159,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                      f"{MAX_HEADERS} fields",
             "code": "request_header_fields_too_large",
         }).encode()
+        # The X-Request-ID that RequestId gives every other answer: the client's, if it came before the limit.
+        headers = [*self.server_state.default_headers, (REQUEST_ID_HEADER, request_id_for(self.headers))]
         head = [STATUS_LINE[431]]
-        for name, value in self.server_state.default_headers:
+        for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         head += [b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
         self.transport.write(b"".join(head) + body)

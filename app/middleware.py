@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +19,13 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is kept when it is this plain and short; anything else (which could forge log lines or
 # bloat them) is replaced by a new one.
 USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
+
+
+def request_id_for(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The id of a request with these (lower-case) headers: its `X-Request-ID` when usable, else 32 random hex
+    digits."""
+    given = next((value for name, value in headers if name == REQUEST_ID_HEADER), None)
+    return given if given is not None and USABLE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex().encode()
 
 
 class RequestId:
@@ -35,13 +43,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                request_id = value
-                break
-        if request_id is None or not USABLE_REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex().encode()
+        request_id = request_id_for(scope["headers"])
         # Not reset afterwards: each request runs in its own task, with its own context.
         REQUEST_ID.set(request_id.decode())
         header = (REQUEST_ID_HEADER, request_id)

@@ -37,18 +37,28 @@ def test_every_response_has_a_request_id(server: ServerProcess, http: httpx.Clie
         http.get("/models"), http.get("/openapi.json"), http.get("/docs"),
         raw_http(server.port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (MAX_BODY_BYTES + 1)),
+        raw_http(server.port, _oversized_head()),  # answered by the HTTP protocol itself, before the app
     ]
-    assert {response.status_code for response in responses} >= {200, 400, 404, 405, 413, 422}
+    assert {response.status_code for response in responses} >= {200, 400, 404, 405, 413, 422, 431}
     ids = [response.headers.get("x-request-id", "") for response in responses]
     assert all(GENERATED_ID.fullmatch(request_id) for request_id in ids), ids
     assert len(set(ids)) == len(ids), ids
 
 
+def _oversized_head(request_id: str | None = None) -> bytes:
+    """A request whose headers are over SERVE_MAX_HEADER_BYTES (64 KiB by default): it gets 431."""
+    given = b"X-Request-ID: %s\r\n" % request_id.encode() if request_id is not None else b""
+    return (b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n" + given
+            + b"X-Filler: %s\r\nConnection: close\r\n\r\n" % (b"x" * 70_000))
+
+
 @pytest.mark.parametrize("given", ["trace-7", "0af7651916cd43dd8448eb211c80319c", "req:42/a+b=c@edge.example",
                                    "x" * 128])
-def test_a_usable_client_id_is_kept(http: httpx.Client, given: str) -> None:
+def test_a_usable_client_id_is_kept(server: ServerProcess, http: httpx.Client, given: str) -> None:
+    too_large = raw_http(server.port, _oversized_head(given))
+    assert too_large.status_code == 431
     for response in (http.get("/health/live", headers={"X-Request-ID": given}),
-                     http.post("/predict", json={}, headers={"X-Request-ID": given})):
+                     http.post("/predict", json={}, headers={"X-Request-ID": given}), too_large):
         assert response.headers["x-request-id"] == given
 
 
