@@ -44,8 +44,11 @@ def test_not_ready_until_warmed_up(start_server: StartServer, models_dir: Path, 
         early = client.post("/predict", files={"file": ("d.png", digits[0], "image/png")})
         assert_json_error(early, 503, "model_not_ready")
         assert early.headers.get("retry-after", "").isdigit()
+        assert "ready: serving" not in server.log()
 
         server.wait_ready()
+        # The console says so too, in one line naming the models and the address.
+        assert f"INFO app.registry [-]: ready: serving {image_model.name} on {server.url}\n" in server.log()
 
         status = model_states(client)[image_model.name]
         assert status["state"] == "ready" and status["error"] is None
@@ -74,6 +77,7 @@ def test_missing_configured_model_keeps_service_unready(start_server: StartServe
             status = model_states(client)[missing]
             assert status["state"] == "failed" and missing in status["error"]
             assert client.get("/v2/health/ready").status_code == 503
+            assert "ready: serving" not in server.log()
 
             response = client.post("/predict", json={"image": b64(digits[1])})
             assert response.status_code == 200, response.text
