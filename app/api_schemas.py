@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.default_models import ChosenBy, Task
+
 MAX_TOP_K = 1000  # labels one answer may hold
 
 
@@ -23,7 +25,7 @@ class PredictRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(default=None, description="model name; optional when one model of the kind is loaded")
+    model: str | None = Field(default=None, description="model name; without it, the default model of the input's kind answers")
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="how many labels to return, best first")
     text: str | list[str] | None = Field(default=None, description="a text, or a list of texts")
     image: str | list[str] | None = Field(default=None, description="a base64 image (or data: URL), or a list")
@@ -70,6 +72,18 @@ class ModelStatus(BaseModel):
     error: str | None
 
 
+class DefaultModelStatus(BaseModel):
+    """The model that answers the requests of one input kind that name no model."""
+
+    model: str
+    chosen_by: ChosenBy
+    loaded: bool = Field(description="false once unloaded through the repository API: requests of the kind that "
+                         "name no model then get 404 until it is loaded again")
+
+
+DefaultModels = dict[Task, DefaultModelStatus]
+
+
 class WorkerStatus(BaseModel):
     pid: int
     ready: bool
@@ -80,6 +94,8 @@ class HealthResponse(BaseModel):
     live: bool
     ready: bool
     models: list[ModelStatus]  # as the worker process that answered sees them
+    default_models: DefaultModels = Field(description="per input kind, the model that answers /predict requests "
+                                          "that name none; a kind with several models and no default is absent")
     workers: list[WorkerStatus] | None = None  # every live worker process, when SERVE_WORKERS > 1
     inference_process: WorkerStatus | None = None  # with SERVE_SHARED_INFERENCE, while one is up
 
@@ -91,6 +107,7 @@ class BatchTimingDescription(BaseModel):
 
 
 class ModelDescription(ModelStatus):
+    default: bool = Field(description="whether it answers the /predict requests of its kind that name no model")
     labels: list[str]
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
@@ -114,3 +131,4 @@ class ModelDescription(ModelStatus):
 
 class ModelsResponse(BaseModel):
     models: list[ModelDescription]
+    default_models: DefaultModels

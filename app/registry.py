@@ -6,8 +6,9 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
+from app.default_models import DefaultModelError, DefaultModels, Task
 from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
 from app.metrics import Metrics
 from app.served_model import ServedModel
@@ -49,11 +50,13 @@ class ModelRegistry:
         self._model_type = model_type  # a FrontEndModel in the workers of SERVE_SHARED_INFERENCE
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
+        self.defaults = DefaultModels(settings.default_model_choice())
         self._swapping = asyncio.Lock()  # one load or unload at a time
         self.stopping = False  # set by stop_intake(), once the process is told to stop
 
     def discover(self) -> None:
-        """Read every selected model's config; a model that cannot be read is recorded as failed."""
+        """Read every selected model's config; a model that cannot be read is recorded as failed. Raise
+        `StartupFailed` when the default models cannot be chosen as configured (app.default_models)."""
         root = self._settings.models_dir
         selection = self._settings.model_selection()
         try:
@@ -82,6 +85,10 @@ class ModelRegistry:
         for name, reason in self.failures.items():
             logger.error("cannot serve %s: %s", name, reason)
             self._metrics.model_ready.labels(name).set(0)
+        try:
+            self.defaults.choose([model.config for model in self.models.values()], self.failures)
+        except DefaultModelError as exc:
+            raise StartupFailed(str(exc)) from None
         if self.workers is not None:
             self.workers.publish(False)
 
@@ -135,6 +142,7 @@ class ModelRegistry:
             self._open(model)
             self.models[name] = model
             self.failures.pop(name, None)
+            self.defaults.loaded(config, self._tasks())
             logger.info("model %s: version %d serving", name, version)
             if old is not None:
                 await self._retire(old, replaced=old.config.version != version)
@@ -154,6 +162,7 @@ class ModelRegistry:
             if model is None:
                 raise ModelNotFound(f"no model named {name!r} is loaded; loaded models: {sorted(self.models)}")
             self._metrics.model_ready.labels(name).set(0)
+            self.defaults.unloaded(name)
             await self._retire(model, replaced=True)
 
     async def _retire(self, model: ServedModel, replaced: bool) -> None:
@@ -208,21 +217,23 @@ class ModelRegistry:
             raise ModelNotFound(f"no model named {name!r}; loaded models: {sorted(self.models) or 'none'}")
         return model
 
-    def select(self, name: str | None, task: Literal["image", "text"]) -> ServedModel:
-        """The model named, or the only model for `task` when no name is given."""
-        if name:
-            model = self.get(name)
-            if model.config.task != task:
-                raise InvalidInput(f"model {name!r} is a {model.config.task} model; it cannot take {task} input")
-            return model
-        self._refuse_when_stopping()
-        candidates = [model for model in self.models.values() if model.config.task == task]
-        if not candidates:
-            raise ModelNotFound(f"no {task} model is loaded; loaded models: {sorted(self.models) or 'none'}")
-        if len(candidates) > 1:
-            names = ", ".join(sorted(model.name for model in candidates))
-            raise InvalidInput(f"several {task} models are loaded ({names}); choose one with the `model` parameter")
-        return candidates[0]
+    def select(self, name: str | None, task: Task) -> ServedModel:
+        """The model named, or `task`'s default model (app.default_models) when no name is given."""
+        if not name:
+            self._refuse_when_stopping()
+            return self.get(self.defaults.name_for(task, self._tasks(), self.failures))
+        model = self.get(name)
+        if model.config.task != task:
+            raise InvalidInput(f"model {name!r} is a {model.config.task} model; it cannot take {task} input")
+        return model
+
+    def _tasks(self) -> dict[str, Task]:
+        """Every model served, to the kind of input it takes."""
+        return {name: model.config.task for name, model in self.models.items()}
+
+    def default_models(self) -> dict[Task, dict[str, object]]:
+        """Each input kind's default model, what chose it and whether it is loaded."""
+        return self.defaults.status(self.models)
 
     def status(self) -> list[dict[str, Any]]:
         found = [model.status() for model in self.models.values()]

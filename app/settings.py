@@ -23,6 +23,11 @@ class Settings(BaseSettings):
         description="comma-separated models to serve, each `name` or `name:version`; "
         "empty serves the latest version of every model in models_dir",
     )
+    default_models: str = Field(
+        default="",
+        description="the model that answers /predict requests naming none, per input kind: `image=NAME,text=NAME`; "
+        "wins over `\"default\": true` in config.json; a kind left out keeps that, or its only model",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -85,6 +90,9 @@ class Settings(BaseSettings):
     )
     public_health: bool = Field(default=True, description="health routes answer without a key; false: they need one")
     public_metrics: bool = Field(default=True, description="/metrics answers without a key; false: it needs one")
+    api_docs: bool = Field(
+        default=True, description="/docs, /redoc, /openapi.json and their assets; false: all of them answer 404"
+    )
 
     # Start-up, logging and shutdown.
     strict_startup: bool = Field(
@@ -164,6 +172,16 @@ class Settings(BaseSettings):
         """SHA-256 of every accepted key: equal-length values for a constant-time comparison."""
         return tuple(dict.fromkeys(hashlib.sha256(key.encode()).digest() for key in self.accepted_api_keys()))
 
+    @field_validator("default_models")
+    @classmethod
+    def _default_models_parse(cls, value: str) -> str:
+        parse_default_models(value)
+        return value
+
+    def default_model_choice(self) -> dict[Literal["image", "text"], str]:
+        """`default_models` parsed as {kind: model name}."""
+        return parse_default_models(self.default_models)
+
     def model_selection(self) -> dict[str, int | None]:
         """`models` parsed as {name: pinned version or None}."""
         selection: dict[str, int | None] = {}
@@ -173,3 +191,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"SERVE_MODELS entry {entry!r}: version must be a positive integer")
             selection[name] = int(version) if version else None
         return selection
+
+
+def parse_default_models(value: str) -> dict[Literal["image", "text"], str]:
+    """`image=NAME,text=NAME` (either part optional) as {kind: name}; ValueError naming the bad entry."""
+    chosen: dict[Literal["image", "text"], str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        kind, _, name = (part.strip() for part in entry.partition("="))
+        if kind not in ("image", "text") or not name:
+            raise ValueError(f"SERVE_DEFAULT_MODELS entry {entry!r}: write image=NAME or text=NAME")
+        if kind in chosen:
+            raise ValueError(f"SERVE_DEFAULT_MODELS names the {kind} default twice")
+        chosen[kind] = name
+    return chosen

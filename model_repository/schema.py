@@ -103,6 +103,11 @@ class ModelConfig(_Strict):
     version: int = Field(ge=1)
     task: Literal["image", "text"]
     description: str = ""
+    default: bool = Field(
+        default=False,
+        description="answer the requests of this task that name no model, when several models of the task are "
+        "served (SERVE_DEFAULT_MODELS wins over it)",
+    )
     onnx_file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: list[TensorSpec] = Field(min_length=1)

@@ -50,6 +50,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace --version if it already exists")
     out.add_argument("--description", default="", help="free text stored in config.json")
     out.add_argument(
+        "--default",
+        action="store_true",
+        help="mark it in config.json as the default model of its task: the one that answers /predict "
+        "requests that name no model",
+    )
+    out.add_argument(
         "--label-names",
         type=_label_names,
         help="display names in label order (sorted label values): comma-separated, or a file of lines",

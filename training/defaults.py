@@ -45,6 +45,7 @@ def _sst2_textcnn(data: Path, models_dir: Path, seed: int, device: str) -> TextO
     return TextOptions(
         name="sst2-textcnn",
         description="English sentence sentiment (SST-2): TextCNN and BPE tokenizer from scratch.",
+        default=True,
         models_dir=models_dir,
         version=1,
         overwrite=True,
@@ -73,6 +74,7 @@ def _efficientnet_imagenet(data: Path, models_dir: Path, seed: int, device: str)
         name="efficientnet-lite0-imagenet",
         description="ImageNet-1k photo classifier (1,000 classes): EfficientNet-Lite0 with its published "
         "weights, not retrained.",
+        default=True,
         models_dir=models_dir,
         version=1,
         overwrite=True,

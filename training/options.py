@@ -15,6 +15,7 @@ class CommonOptions:
     version: int | None = None
     overwrite: bool = False
     description: str = ""
+    default: bool = False
     label_names: list[str] | None = None
     epochs: int | None = None
     batch_size: int | None = None

@@ -34,7 +34,7 @@ async def health(registry: Registry) -> HealthResponse:
         inference = next((WorkerStatus(pid=pid, ready=ok)
                           for pid, ok in registry.workers.inference_processes().items()), None)
     return HealthResponse(status="ready" if ready else "not_ready", live=True, ready=ready, models=registry.status(),
-                          workers=workers, inference_process=inference)
+                          default_models=registry.default_models(), workers=workers, inference_process=inference)
 
 
 @router.get("/health/live", tags=["health"], dependencies=HealthAccess)
@@ -75,10 +75,12 @@ async def ready(registry: Registry) -> JSONResponse:
 async def list_models(registry: Registry) -> ModelsResponse:
     """The served models: versions, state, labels, tensors, preprocessing and held-out metrics."""
     described = []
+    defaults = registry.default_models()
     for model in registry.models.values():
         config = model.config
         described.append(ModelDescription(
             **model.status(),
+            default=defaults.get(config.task, {}).get("model") == model.name,
             labels=config.labels,
             inputs=[spec.model_dump() for spec in config.inputs],
             outputs=[spec.model_dump() for spec in config.outputs],
@@ -95,7 +97,7 @@ async def list_models(registry: Registry) -> ModelsResponse:
             ],
             metrics=config.metrics.model_dump() if config.metrics else None,
         ))
-    return ModelsResponse(models=described)
+    return ModelsResponse(models=described, default_models=defaults)
 
 
 @router.get("/metrics", tags=["health"], response_class=Response, dependencies=[Depends(metrics_access)])

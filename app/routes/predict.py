@@ -24,7 +24,8 @@ router = APIRouter(route_class=RequestRoute)
 _OPENAPI_BODIES = {
     "parameters": [
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
-         "description": "model name; optional with one model of the kind"},
+         "description": "model name; without it, the default model of the input's kind answers (`default_models` "
+                        "in /models)"},
         {"name": "top_k", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}, "description": "labels to return"},
         {"name": "X-Request-Timeout", "in": "header", "required": False, "schema": {"type": "number"},
@@ -140,8 +141,9 @@ def _check_limits(inputs: _Inputs, settings: Settings) -> None:
     summary="Classify an image or a text",
     openapi_extra=_OPENAPI_BODIES,
     responses={
-        400: {"description": "the input cannot be used (not an image, bad base64, wrong model kind)"},
-        404: {"description": "no such model"},
+        400: {"description": "the input cannot be used (not an image, bad base64, wrong model kind), or no model "
+                             "is named and its kind has several models and no default"},
+        404: {"description": "no such model, or no model is named and its kind's default is not loaded"},
         413: {"description": "body or image too large"},
         415: {"description": "unsupported Content-Type"},
         422: {"description": "malformed request"},

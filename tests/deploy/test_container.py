@@ -98,11 +98,16 @@ def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
                                    files={"file": ("digit-7.png", digit, "image/png")})
         assert image_answer.status_code == 200, image_answer.text
         assert image_answer.json()["model"] == "mnist-cnn" and image_answer.json()["label"] == "7"
+        photo = (REPO_ROOT / "examples" / "chelsea.jpg").read_bytes()
+        photo_answer = client.post("/predict", files={"file": ("chelsea.jpg", photo, "image/jpeg")})  # no model
+        assert photo_answer.status_code == 200, photo_answer.text
+        assert photo_answer.json()["model"] == "efficientnet-lite0-imagenet"
+        assert photo_answer.json()["label"] in {"tabby", "tiger cat", "Egyptian cat"}
         text_answer = client.post("/predict", json={"text": "a gripping, beautifully acted film"})
         assert text_answer.status_code == 200, text_answer.text
         assert text_answer.json()["label"] == "positive"
         samples = scrape(client)
-        for model in ("mnist-cnn", "sst2-textcnn"):
+        for model in ("mnist-cnn", "efficientnet-lite0-imagenet", "sst2-textcnn"):
             assert value(samples, "modelserver_requests_total", route="/predict", model=model, status="200") == 1
         assert value(samples, "process_resident_memory_bytes") > 0
 

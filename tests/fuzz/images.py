@@ -145,3 +145,31 @@ def _tiff_claiming(width: int, height: int) -> bytes:
         + struct.pack("<I", 0)
     )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 64
+
+
+def valid_image(fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> bytes:
+    """A synthetic image of `mode` in `fmt`."""
+    return encode(synthetic(mode, *size, seed=3), fmt)
+
+
+# Images the service must answer correctly: unusual modes, depths and containers.
+UNUSUAL_IMAGES = {
+    "cmyk-jpeg": valid_image("JPEG", "CMYK"),
+    "16-bit-png": valid_image("PNG", "I;16"),
+    "16-bit-tiff": valid_image("TIFF", "I;16"),
+    "float-tiff": valid_image("TIFF", "F"),
+    "palette-png": valid_image("PNG", "P"),
+    "palette-gif": valid_image("GIF", "P"),
+    "rgba-png": valid_image("PNG", "RGBA"),
+    "la-png": valid_image("PNG", "LA"),
+    "rgba-webp": valid_image("WEBP", "RGBA"),
+    "1-bit-bmp": valid_image("BMP", "1"),
+    "animated-gif": animated_gif(),
+    "animated-webp": animated_webp(),
+    "1x1-png": valid_image("PNG", "L", (1, 1)),
+    "tall-strip-png": valid_image("PNG", "L", (1, 5000)),
+    **{
+        f"{fmt.lower()}-{WRITABLE[fmt][0].lower()}": valid_image(fmt, WRITABLE[fmt][0], (32, 32))
+        for fmt in WRITABLE
+    },
+}

@@ -22,21 +22,15 @@ from tests.serving.support import (
 
 from .conftest import assert_healthy
 from .images import (
+    UNUSUAL_IMAGES,
     WRITABLE,
-    animated_gif,
-    animated_webp,
-    encode,
     png_bomb,
     png_text_bomb,
-    synthetic,
+    valid_image,
     with_size,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _valid(fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> bytes:
-    return encode(synthetic(mode, *size, seed=3), fmt)
 
 
 def _flip_middle(data: bytes) -> bytes:
@@ -45,28 +39,6 @@ def _flip_middle(data: bytes) -> bytes:
         middle[at] ^= 0x5A
     return bytes(middle)
 
-
-# Images the service must answer correctly: unusual modes, depths and containers.
-GOOD = {
-    "cmyk-jpeg": _valid("JPEG", "CMYK"),
-    "16-bit-png": _valid("PNG", "I;16"),
-    "16-bit-tiff": _valid("TIFF", "I;16"),
-    "float-tiff": _valid("TIFF", "F"),
-    "palette-png": _valid("PNG", "P"),
-    "palette-gif": _valid("GIF", "P"),
-    "rgba-png": _valid("PNG", "RGBA"),
-    "la-png": _valid("PNG", "LA"),
-    "rgba-webp": _valid("WEBP", "RGBA"),
-    "1-bit-bmp": _valid("BMP", "1"),
-    "animated-gif": animated_gif(),
-    "animated-webp": animated_webp(),
-    "1x1-png": _valid("PNG", "L", (1, 1)),
-    "tall-strip-png": _valid("PNG", "L", (1, 5000)),
-    **{
-        f"{fmt.lower()}-{WRITABLE[fmt][0].lower()}": _valid(fmt, WRITABLE[fmt][0], (32, 32))
-        for fmt in WRITABLE
-    },
-}
 
 # Files that are not images, or damaged ones: refused with 400, or, where Pillow can still decode the damage
 # (libwebp and some JPEG damage), answered exactly as the model answers that decoded image.
@@ -83,11 +55,11 @@ BROKEN = {
     + b"\xc9"
     + bytes(60),
     **{
-        f"truncated-{fmt.lower()}-{cut}": _valid(fmt)[: int(len(_valid(fmt)) * cut / 100)]
+        f"truncated-{fmt.lower()}-{cut}": valid_image(fmt)[: int(len(valid_image(fmt)) * cut / 100)]
         for fmt in ("JPEG", "PNG", "GIF", "WEBP")
         for cut in (10, 50, 90)
     },
-    **{f"corrupt-{fmt.lower()}": _flip_middle(_valid(fmt)) for fmt in ("JPEG", "PNG", "GIF", "WEBP")},
+    **{f"corrupt-{fmt.lower()}": _flip_middle(valid_image(fmt)) for fmt in ("JPEG", "PNG", "GIF", "WEBP")},
 }
 
 # Decompression bombs: a header that claims 20000 x 20000 pixels, a real 30000 x 30000 PNG, and an image of
@@ -95,13 +67,13 @@ BROKEN = {
 BOMBS = {
     **{
         f"claims-20000x20000-{fmt.lower()}": with_size(
-            _valid(fmt, "RGB" if fmt in ("JPEG", "WEBP") else "L", (16, 16)), fmt, 20_000, 20_000
+            valid_image(fmt, "RGB" if fmt in ("JPEG", "WEBP") else "L", (16, 16)), fmt, 20_000, 20_000
         )
         for fmt in ("PNG", "GIF", "BMP", "JPEG", "WEBP", "TIFF", "PPM")
     },
     "png-30000x30000": png_bomb(),
     **{
-        f"over-limit-{fmt.lower()}": _valid(fmt, WRITABLE[fmt][0], (520, 520))
+        f"over-limit-{fmt.lower()}": valid_image(fmt, WRITABLE[fmt][0], (520, 520))
         for fmt in WRITABLE
         if fmt not in ("ICO", "DDS", "BLP", "XBM", "MSP")
     },
@@ -112,12 +84,12 @@ def _send_raw(client: httpx.Client, data: bytes, mime: str = "image/png") -> htt
     return client.post("/predict", content=data, headers={"Content-Type": mime})
 
 
-@pytest.mark.parametrize("name", sorted(GOOD))
+@pytest.mark.parametrize("name", sorted(UNUSUAL_IMAGES))
 def test_unusual_images_get_the_right_answer(
     name: str, fuzz_http: httpx.Client, image_model: ModelUnderTest
 ) -> None:
     """As a raw body, a multipart upload and base64 JSON: the answer of the model run on the decoded file."""
-    data = GOOD[name]
+    data = UNUSUAL_IMAGES[name]
     expected = image_model.image_probabilities(data)
     answers = [
         (_send_raw(fuzz_http, data), 5),
@@ -167,7 +139,7 @@ def test_text_chunk_bomb_is_harmless(fuzz_http: httpx.Client) -> None:
 
 def test_one_broken_image_fails_alone(fuzz_server: ServerProcess, image_model: ModelUnderTest) -> None:
     """Corrupt uploads among good ones sent at the same time (so batched together): only they fail."""
-    good = GOOD["palette-png"]
+    good = UNUSUAL_IMAGES["palette-png"]
     calls = [
         Call(
             {

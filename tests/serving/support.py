@@ -288,6 +288,17 @@ class ServerProcess:
             return self.process.wait()
 
 
+def exit_status(models: Path, workdir: Path, timeout: float = 90.0, **env: str) -> tuple[int, str]:
+    """Run a server that is expected to stop by itself: its exit status and log."""
+    server = ServerProcess(models, workdir, env)
+    server._spawn()  # not start(), which waits for /health/live
+    assert server.process is not None
+    try:
+        return server.process.wait(timeout), server.log()
+    finally:
+        server.stop()
+
+
 # Health -----------------------------------------------------------------------------------------------
 
 

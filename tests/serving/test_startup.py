@@ -19,11 +19,11 @@ from .conftest import CopyModels, StartServer
 from .faulty_model import FAULTY, build_faulty_model, dim_digit
 from .support import (
     ModelUnderTest,
-    ServerProcess,
     assert_json_error,
     assert_prediction,
     b64,
     edit_config,
+    exit_status,
     mnist_digits,
     model_states,
     wait_for_states,
@@ -52,17 +52,6 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing": (missing, "No such file or directory"),
     "sha256-mismatch": (changed, "sha256"),
 }
-
-
-def exit_status(models: Path, workdir: Path, timeout: float = 90.0, **env: str) -> tuple[int, str]:
-    """Run a server that is expected to stop by itself: its exit status and log."""
-    server = ServerProcess(models, workdir, env)
-    server._spawn()  # not start(), which waits for /health/live
-    assert server.process is not None
-    try:
-        return server.process.wait(timeout), server.log()
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES))

@@ -21,10 +21,12 @@ FAST = ["--epochs", "4", "--batch-size", "64", "--cnn-widths", "8,16,32"]
 def test_cnn_on_offline_digits_serves_what_it_measured(tmp_path: Path, capsys) -> None:
     models = tmp_path / "models"
     assert (
-        main(["image", "--offline", "digits-8x8", "--name", "digits", "--models-dir", str(models), *FAST])
+        main(["image", "--offline", "digits-8x8", "--name", "digits", "--models-dir", str(models), "--default",
+              *FAST])
         == 0
     )
     config = check_published(models / "digits" / "1")
+    assert config.default
     assert config.inputs[0].model_dump() == {
         "name": "pixel_values",
         "dtype": "float32",
@@ -58,6 +60,7 @@ def test_versions_and_int8_quantization(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in (models / "digits").iterdir()) == ["1", "2"]
 
     config = check_published(models / "digits" / "1")
+    assert not config.default
     quantization = config.training["quantization"]
     assert quantization["method"].startswith("static QDQ")
     assert quantization["int8_accuracy"] == config.metrics.accuracy
