@@ -802,6 +802,15 @@ def model_directory(case: Case, args: argparse.Namespace) -> Path | None:
     return version_dir(root, case.model, version) if version else None
 
 
+def missing_models(args: argparse.Namespace) -> list[str]:
+    """Each model that a case asked for needs and that is not there, with the command that builds it."""
+    how = {True: f"in {args.built_models_dir} (`.venv/bin/python benchmarks/build_models.py` builds it, about "
+                 "1.5 min on 2 cores)",
+           False: f"in {REPO / 'models'} (`make models` builds it)"}
+    cases = [CASES[name] for name in args.models]
+    return sorted({f"{case.model} {how[case.built]}" for case in cases if model_directory(case, args) is None})
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     load_at_start = os.getloadavg()
@@ -811,15 +820,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     settings = service_settings(args)
     print(f"load generator on CPU {sorted(client)}, servers on CPU {sorted(servers)}; load average"
           f" {', '.join(f'{x:.2f}' for x in load_at_start)}", flush=True)
-    cases, skipped = [], {}
-    for name in args.models:
-        directory = model_directory(CASES[name], args)
-        if directory is None:
-            skipped[name] = (f"no {CASES[name].model} model: build it with "
-                             "`.venv/bin/python benchmarks/build_models.py`")
-            print(f"skipping {name}: {skipped[name]}", flush=True)
-        else:
-            cases.append((CASES[name], directory))
+    cases = [(CASES[name], model_directory(CASES[name], args)) for name in args.models]
+    skipped: dict[str, str] = {}
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="peer-") as tmp:
         input_sets: dict[str, InputSet] = {}
@@ -847,6 +849,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {plot(case, results['machine'], args.plots_dir)}")
         print("\n" + markdown(results))
         return 0
+    missing = missing_models(args)
+    if missing:
+        bundled = " ".join(name for name, case in CASES.items() if not case.built)
+        print(f"peer.py: no model {'; no model '.join(missing)}. Or leave those cases out with --models "
+              f"(the bundled models' cases: {bundled}).", file=sys.stderr)
+        return 2
     try:
         import uvloop
     except ImportError:

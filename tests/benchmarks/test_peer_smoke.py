@@ -75,3 +75,13 @@ def test_report_and_plots_are_written(results: tuple[dict, Path]) -> None:
         assert f"## {name}" in report
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
     assert data["machine"]["client_cpus"] and data["machine"]["server_cpus"]
+
+
+def test_a_missing_built_model_stops_the_run_at_once_with_the_command_to_build_it(tmp_path: Path) -> None:
+    """On a fresh clone the built models are not there: peer.py says how to build them instead of running."""
+    command = [sys.executable, str(REPO / "benchmarks" / "peer.py"), "--models", "mnist-cnn", "resnet18",
+               "--built-models-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "no model resnet18" in run.stderr and "benchmarks/build_models.py" in run.stderr, run.stderr
+    assert not list(tmp_path.glob("peer-*")) and "load generator" not in run.stdout
