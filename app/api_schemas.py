@@ -1,4 +1,4 @@
-"""Request and response bodies of the service's own API (the v2 protocol has its own in `routes/v2.py`)."""
+"""Request and response bodies of the service's own API (the v2 protocol has its own in `app/v2_codec.py`)."""
 
 from __future__ import annotations
 
