@@ -107,8 +107,9 @@ class Settings(BaseSettings):
         default=1,
         description="server processes on the one port, each with its own sessions and batchers and 1/N of "
         "the CPUs; `auto`: one per usable CPU (at most 8), or one where the sessions ask for CUDA "
-        "(app.worker_count). More pay for small models under load; 1 stays the default because a "
-        "repository load or unload reaches one worker only (README, Several worker processes)",
+        "(app.worker_count). More pay under load (docs/benchmarks.md); 1 stays the default because a "
+        "repository load or unload reaches one worker only and each worker holds its own copy of the models "
+        "(README, Several worker processes)",
     )
     shared_inference: bool = Field(
         default=False,

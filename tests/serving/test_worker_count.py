@@ -1,0 +1,64 @@
+"""`SERVE_WORKERS=auto`: one worker per usable CPU, at most MAX_AUTO_WORKERS, and one where the sessions ask
+for CUDA; the settings hold the number it chose, the start-up log says it and why, and a server started with it
+answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app import worker_count
+from app.runtime import usable_cpus
+from app.settings import Settings
+from app.worker_count import MAX_AUTO_WORKERS, auto_workers
+
+from .conftest import StartServer
+from .support import ModelUnderTest, assert_prediction
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (MAX_AUTO_WORKERS, MAX_AUTO_WORKERS),
+                                               (64, MAX_AUTO_WORKERS)])
+def test_auto_is_one_worker_per_usable_cpu_up_to_the_cap(monkeypatch: pytest.MonkeyPatch, cpus: int,
+                                                         workers: int) -> None:
+    monkeypatch.setattr(worker_count, "usable_cpus", lambda: cpus)
+    choice = auto_workers("cpu")
+    assert choice.count == workers
+    assert f"one per usable CPU: {cpus}" in choice.reason
+    assert ("capped" in choice.reason) == (cpus > MAX_AUTO_WORKERS)
+
+
+def test_auto_is_one_worker_where_the_sessions_ask_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cuda` asks for CUDA whether or not this ONNX Runtime build has it; every worker would share its GPU."""
+    monkeypatch.setattr(worker_count, "usable_cpus", lambda: 16)
+    choice = auto_workers("cuda")
+    assert choice.count == 1
+    assert "CUDAExecutionProvider" in choice.reason
+
+
+def test_the_settings_hold_the_number_auto_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_count, "usable_cpus", lambda: 3)
+    settings = Settings(_env_file=None, workers="auto", providers="cpu")
+    assert settings.workers == 3
+    assert settings.auto_workers_reason == auto_workers("cpu").reason
+    named = Settings(_env_file=None, workers=2)
+    assert (named.workers, named.auto_workers_reason) == (2, None)
+    assert Settings(_env_file=None).workers == 1
+    for wrong in (0, "many"):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, workers=wrong)
+
+
+def test_a_server_with_auto_workers_starts_says_why_and_answers(
+        start_server: StartServer, models_dir: Path, image_model: ModelUnderTest, digits: list[bytes]) -> None:
+    expected = min(usable_cpus(), MAX_AUTO_WORKERS)
+    server = start_server(models_dir, SERVE_WORKERS="auto", SERVE_PROVIDERS="cpu",
+                          SERVE_MODELS=image_model.name).wait_ready()
+    with server.client() as client:
+        answer = client.post("/predict", files={"file": ("digit.png", digits[0], "image/png")})
+        health = client.get("/health").json()
+    assert answer.status_code == 200, answer.text
+    assert_prediction(answer.json(), image_model.image_probabilities(digits[0]), image_model.labels, 5)
+    assert len(health["workers"] or []) == (expected if expected > 1 else 0)
+    assert f"SERVE_WORKERS=auto: {expected} worker(s), one per usable CPU: {usable_cpus()}" in server.log()
