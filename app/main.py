@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api_docs import install_api_docs
 from app.errors import install_error_handlers
 from app.front_end_model import FrontEndModel
 from app.metrics import Metrics
@@ -55,15 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(loading, return_exceptions=True)
             await registry.drain()
 
-    app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)  # app.api_docs serves them
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
     install_error_handlers(app)
-    app.include_router(predict.router)
-    app.include_router(health.router)
-    app.include_router(v2.router)
-    app.include_router(v2.infer_router)
+    routers = (predict.router, health.router, v2.router, v2.infer_router)
+    for router in routers:
+        app.include_router(router)
+    install_api_docs(app, settings, routers)
     direct = [route for router in (predict.router, v2.infer_router) for route in router.routes
               if isinstance(route, RequestRoute)]
     app.add_middleware(DirectRoutes, routes=direct, exception_handlers=app.exception_handlers)

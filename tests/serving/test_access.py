@@ -121,6 +121,14 @@ def test_health_and_metrics_closed_by_setting(closed_server: ServerProcess) -> N
             assert client.get(path, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200, path
 
 
+def test_server_metadata_and_docs_stay_open_with_health_closed(closed_server: ServerProcess) -> None:
+    """`GET /v2` and the API docs need no key whatever SERVE_PUBLIC_HEALTH says (SERVE_API_DOCS turns the docs
+    off: test_api_docs.py)."""
+    with closed_server.client() as client:
+        for path in ("/v2", "/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+
+
 @pytest.mark.parametrize(("key", "status"), [(API_KEY, 0), ("wrong", 1)])
 def test_container_healthcheck_sends_the_key(closed_server: ServerProcess, key: str, status: int) -> None:
     """`python -m app.healthcheck` (the image's HEALTHCHECK) passes a closed /health/live with the key."""
@@ -152,9 +160,8 @@ def test_models_lists_both_models(http: httpx.Client, image_model: ModelUnderTes
         assert item["metrics"] == expected_metrics
 
 
-def test_docs_and_openapi(http: httpx.Client) -> None:
-    docs = http.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+def test_openapi_document(http: httpx.Client) -> None:
+    """The document's /predict and v2 infer bodies and parameters (the docs pages: test_api_docs.py)."""
     spec = http.get("/openapi.json")
     assert spec.status_code == 200
     document = spec.json()
@@ -170,6 +177,35 @@ def test_docs_and_openapi(http: httpx.Client) -> None:
     assert "inputs" in infer["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"name", "Inference-Header-Content-Length", "X-Request-Timeout"} <= {
         parameter["name"] for parameter in infer["parameters"]}
+
+
+KEY_SCHEMES = {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+               "HTTPBearer": {"type": "http", "scheme": "bearer"}}
+KEY_SECURITY = [{"APIKeyHeader": []}, {"HTTPBearer": []}]  # either scheme
+
+
+@pytest.mark.parametrize("process_fixture", ["server", "keyed_server", "closed_server"],
+                         ids=["no-key", "key", "key-closed-health-and-metrics"])
+def test_openapi_declares_the_key_where_it_is_needed(request: pytest.FixtureRequest, process_fixture: str,
+                                                    image_model: ModelUnderTest) -> None:
+    """With keys configured, the document declares them (`X-API-Key` or a bearer token, either one) on exactly
+    the operations that answer 401 to a request without one, as SERVE_PUBLIC_HEALTH and SERVE_PUBLIC_METRICS
+    say; with no key configured, it declares none."""
+    process: ServerProcess = request.getfixturevalue(process_fixture)
+    keyed = process_fixture != "server"
+    with process.client() as client:
+        document = client.get("/openapi.json").json()
+        declared_and_refused = {}
+        for path, operations in document["paths"].items():
+            url = path.replace("{name}", image_model.name).replace("{version}", str(image_model.config.version))
+            for method, operation in operations.items():
+                refused = client.request(method, url).status_code == 401
+                declared_and_refused[f"{method.upper()} {path}"] = (operation.get("security"), refused)
+    assert document.get("components", {}).get("securitySchemes") == (KEY_SCHEMES if keyed else None)
+    mismatched = {operation: (security, refused) for operation, (security, refused) in declared_and_refused.items()
+                  if security != (KEY_SECURITY if refused else None)}
+    assert not mismatched, f"(declared security, answered 401 without a key): {mismatched}"
+    assert any(refused for _, refused in declared_and_refused.values()) == keyed
 
 
 def _refs(node: Any) -> Iterator[str]:
