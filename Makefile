@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
+DATA_DIR ?= ../shared/data
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
@@ -15,7 +16,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 help:
 	@echo "make serve   set up and serve the models in models/ on \$$HOST:\$$PORT (default $(HOST):$(PORT))"
 	@echo "make test    set up (with the training extras) and run the test suite"
-	@echo "make models  retrain and export the bundled default models into models/"
+	@echo "make models  retrain and export the bundled default models into models/ (data: \$$DATA_DIR, default $(DATA_DIR))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +47,7 @@ test: $(DEV_STAMP)
 		$(BIN)/python -m pytest $(PYTEST_ARGS) tests/serving -m shared_server
 
 models: $(DEV_STAMP)
-	$(BIN)/python -m training default-models --models-dir models
+	$(BIN)/python -m training default-models --models-dir models --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

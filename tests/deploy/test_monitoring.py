@@ -187,6 +187,19 @@ def test_alerts_say_how_bad_what_and_what_to_do() -> None:
             assert str(rule.get("annotations", {}).get(key, "")).strip(), f"{name}: no {key} annotation"
 
 
+def test_every_alert_is_in_the_docs() -> None:
+    """The alert tables of the README and docs/monitoring.md list every alert with its severity, and
+    docs/monitoring.md has the runbook section that its runbook annotation points at."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    monitoring = (REPO_ROOT / "docs" / "monitoring.md").read_text()
+    for rule in alert_rules():
+        name, row = rule["alert"], f"| `{rule['alert']}` | {rule['labels']['severity']} |"
+        assert row in readme, f"{name}: no row in the README's alert table"
+        assert row in monitoring, f"{name}: no row in docs/monitoring.md's alert table"
+        assert f"\n### {name}\n" in monitoring, f"{name}: no runbook section in docs/monitoring.md"
+        assert f"docs/monitoring.md#{name.lower()}" in rule["annotations"]["runbook"], name
+
+
 def test_the_latency_objective_is_set_in_one_place() -> None:
     objective = "modelserver:request_duration_seconds:p99_objective"
     [definition] = [rule for rule in load_rules() if rule.get("record") == objective]
