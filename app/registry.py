@@ -224,7 +224,7 @@ class ModelRegistry:
             return self.get(self.defaults.name_for(task, self._tasks(), self.failures))
         model = self.get(name)
         if model.config.task != task:
-            raise InvalidInput(f"model {name!r} is a {model.config.task} model; it cannot take {task} input")
+            raise InvalidInput(f"model {name!r} takes {model.config.task} input; it cannot take {task} input")
         return model
 
     def _tasks(self) -> dict[str, Task]:
