@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="send the built-in sentences even when ../shared/data/sst2/dev.tsv exists (hermetic tests)")
     add("--server-env", action="append", default=[], metavar="SERVE_X=VALUE",
         help="a setting for the service (repeatable); the naive servers read the ONNX Runtime ones too")
+    add("--baseline", type=Path, metavar="DIR",
+        help="the checkout whose service runs as `service-baseline` (e.g. `git worktree add /tmp/before HEAD~3`)")
     add("--client-cpus", type=cpu_list, default=None, help="CPUs of the load generator (default: the first)")
     add("--server-cpus", type=cpu_list, default=None, help="CPUs of the servers (default: all the others)")
     add("--built-models-dir", type=Path, default=BUILT_MODELS, help="where build_models.py wrote its models (default: %(default)s)")
@@ -90,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, quick if args.quick else normal)
     if args.reverse:
         args.servers = args.servers[::-1]
+    if ("service-baseline" in args.servers) != (args.baseline is not None):
+        parser.error("--baseline DIR and the server service-baseline go together")
+    if args.baseline is not None and not (args.baseline / "app" / "__main__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no app/__main__.py there")
     for item in args.server_env:
         if "=" not in item:
             parser.error(f"--server-env {item!r}: expected NAME=VALUE")

@@ -24,7 +24,8 @@ from app.settings import Settings
 from . import REPO
 from .cases import Case
 
-SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-auto")
+SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-auto",
+           "service-baseline")
 NAIVE = ("naive-def", "naive-async")
 # The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), with 2 workers feeding
 # one inference process (SERVE_SHARED_INFERENCE), and with SERVE_WORKERS=auto (one per server CPU): the last
@@ -32,7 +33,8 @@ NAIVE = ("naive-def", "naive-async")
 # more than one CPU.
 SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"},
             "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"},
-            "service-auto": {"SERVE_WORKERS": "auto"}}
+            "service-auto": {"SERVE_WORKERS": "auto"}, "service-baseline": {}}
+# `service-baseline` is the service of another checkout (--baseline DIR), to measure a change side by side.
 DEFAULT_SERVERS = ("trivial", "naive-def", "naive-async", "service")
 
 
@@ -75,6 +77,10 @@ class Server:
         else:
             self.command = [python, "-m", "app"]
             self.ready_path = "/health/ready"
+        self.cwd = REPO
+        if name == "service-baseline":
+            self.cwd = args.baseline
+            self.env["PYTHONPATH"] = str(args.baseline)
         if shutil.which("taskset"):
             self.command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *self.command]
         self.cpus = cpus
@@ -82,7 +88,7 @@ class Server:
 
     def spawn(self) -> None:
         with self.log.open("wb") as log_file:
-            self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=log_file,
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=log_file,
                                             stderr=subprocess.STDOUT)
         if not shutil.which("taskset"):  # pinned before it starts any thread (taskset pins before exec)
             os.sched_setaffinity(self.process.pid, self.cpus)
