@@ -15,14 +15,14 @@ from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from app.http_limits import LimitedHttpToolsProtocol
-from app.inference_process import InferenceProcess
-from app.logs import configure_logging
-from app.main import create_app
-from app.reuse_port import reserve_port
+from app.observability.logs import configure_logging
 from app.settings import Settings
-from app.shutdown import defer_sigterm
-from app.workers import SHARED_DIRECTORY_ENV
+from app.topology.inference_process import InferenceProcess
+from app.topology.reuse_port import reserve_port
+from app.topology.shutdown import defer_sigterm
+from app.topology.workers import SHARED_DIRECTORY_ENV
+from app.transport.http.application import create_app
+from app.transport.http.limits import LimitedHttpToolsProtocol
 
 APP_FACTORY = "app.__main__:create_served_app"
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 def create_served_app() -> FastAPI:
     """The app of one server process (uvicorn's factory, called as it starts serving): settings and logging
-    come from the environment; SIGTERM first stops intake (app.shutdown)."""
+    come from the environment; SIGTERM first stops intake (app.topology.shutdown)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
@@ -60,13 +60,13 @@ def main() -> None:
     if settings.workers == 1 and not settings.shared_inference:
         uvicorn.run(APP_FACTORY, factory=True, **options)
         return
-    # Each worker listens on a socket of its own (app.reuse_port); this one only keeps the port reserved.
+    # Each worker listens on a socket of its own (app.topology.reuse_port); this one only keeps the port reserved.
     try:
         reserved = reserve_port(settings.host, settings.port)
     except OSError as exc:
         logger.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(STARTUP_FAILURE)
-    # The workers share metrics and readiness through a fresh directory (app.workers), made before they start:
+    # The workers share metrics and readiness through a fresh directory (app.topology.workers), made before they start:
     # prometheus-client reads its location when each worker imports it.
     shared = tempfile.mkdtemp(prefix="modelserver-workers-")
     os.environ[SHARED_DIRECTORY_ENV] = shared

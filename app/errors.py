@@ -193,7 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _refusal(request, 422, UnprocessableInput.code, _describe_validation_errors(exc))
 
     async def client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        # The client left while the body was read (or the server cut it off, see app.http_limits): nobody reads
+        # The client left while the body was read (or the server cut it off, see app.transport.http.limits): nobody reads
         # this answer, which counts it as a 499 in /metrics, like a request dropped from a queue.
         return _refusal(request, ClientDisconnected.status_code, ClientDisconnected.code,
                         "the client closed the connection before the whole request was read")

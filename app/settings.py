@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         default=1,
         description="server processes on the one port, each with its own sessions and batchers and 1/N of "
         "the CPUs; `auto`: one per usable CPU (at most 8), or one where the sessions ask for CUDA "
-        "(app.worker_count). More pay under load (docs/benchmarks.md); 1 stays the default because a "
+        "(app.topology.worker_count). More pay under load (docs/benchmarks.md); 1 stays the default because a "
         "repository load or unload reaches one worker only and each worker holds its own copy of the models "
         "(README, Several worker processes)",
     )
@@ -148,9 +148,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_auto_workers(self) -> Settings:
-        """`workers=auto` becomes a number here, the same in every process (app.worker_count)."""
+        """`workers=auto` becomes a number here, the same in every process (app.topology.worker_count)."""
         if self.workers == "auto":
-            from app.worker_count import auto_workers  # imports ONNX Runtime: only when asked for
+            from app.topology.worker_count import auto_workers  # imports ONNX Runtime: only when asked for
 
             choice = auto_workers(self.providers)
             self.workers, self._auto_workers_reason = choice.count, choice.reason

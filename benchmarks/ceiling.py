@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.batch_tuning import candidate_sizes
-from app.image_decoding import decode_image
-from app.runtime import CPU, create_session
-from app.served_model import Row, collate
+from app.models.batch_tuning import candidate_sizes
+from app.models.image_decoding import decode_image
+from app.models.runtime import CPU, create_session
+from app.models.served_model import Row, collate
+from app.models.text_encoding import TextEncoder
 from app.settings import Settings
-from app.text_encoding import TextEncoder
 from model_repository import ModelConfig
 
 
@@ -36,7 +36,7 @@ class CeilingResult:
 
 
 def service_session(onnx_path: Path, settings: Settings, intra_op_threads: int | None = None) -> object:
-    """A CPU session configured as the service configures its own (`app.runtime.create_session` with the
+    """A CPU session configured as the service configures its own (`app.models.runtime.create_session` with the
     ONNX Runtime settings of `settings`), optionally with another intra-op thread count."""
     values = {
         "model_path": onnx_path, "providers": [CPU], "provider_options": {},
@@ -47,7 +47,7 @@ def service_session(onnx_path: Path, settings: Settings, intra_op_threads: int |
     wanted = inspect.signature(create_session).parameters
     missing = [name for name in wanted if name not in values and wanted[name].default is inspect.Parameter.empty]
     if missing:
-        raise RuntimeError(f"app.runtime.create_session takes {missing}, which benchmarks/ceiling.py does not know")
+        raise RuntimeError(f"app.models.runtime.create_session takes {missing}, which benchmarks/ceiling.py does not know")
     return create_session(**{name: value for name, value in values.items() if name in wanted})
 
 

@@ -4,8 +4,8 @@
     python benchmarks/naive_app.py --model-dir models/mnist-cnn/1 --variant def --port 8002
 
 `POST /predict` takes what the service's `/predict` takes for one input, a raw image body (`image/*`) or JSON
-`{"text": "..."}`, does the same preprocessing with the service's own code (`app.image_decoding.decode_image`,
-`app.text_encoding.TextEncoder`: each text at its own length, no padding), runs the model on that one row with a
+`{"text": "..."}`, does the same preprocessing with the service's own code (`app.models.image_decoding.decode_image`,
+`app.models.text_encoding.TextEncoder`: each text at its own length, no padding), runs the model on that one row with a
 session configured as the service configures its own (`SERVE_INTRA_OP_THREADS` and the other ONNX Runtime
 settings are read from the environment the same way), and answers the same JSON (model, version, label, score,
 top_k). Two variants, the two ways a FastAPI tutorial writes it:
@@ -37,9 +37,9 @@ from ceiling import service_session
 from fastapi import Depends, FastAPI, Request, Response
 
 from app.errors import InvalidInput, ServiceError
-from app.image_decoding import decode_image
+from app.models.image_decoding import decode_image
+from app.models.text_encoding import TextEncoder
 from app.settings import Settings
-from app.text_encoding import TextEncoder
 from model_repository import load_config
 
 

@@ -372,7 +372,7 @@ def test_config_map_holds_valid_settings_that_match_the_container(target: str) -
     assert data["SERVE_HOST"] == "0.0.0.0"
     service_port = one(manifests, "Service")["spec"]["ports"][0]
     assert service_port["targetPort"] in ("http", http["containerPort"])
-    # 0 sizes ONNX Runtime's pool by the CPU limit, which the server reads as the cgroup quota (app.runtime):
+    # 0 sizes ONNX Runtime's pool by the CPU limit, which the server reads as the cgroup quota (app.models.runtime):
     # the container must have one.
     threads = int(data["SERVE_INTRA_OP_THREADS"])
     cpu_limit = quantity(container["resources"]["limits"]["cpu"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from app.v2_codec import InferenceRequest
+from app.transport.http.v2_codec import InferenceRequest
 from tests.serving.support import REPO_ROOT, mnist_digits, png_bytes
 
 MODEL_NAMES = ["mnist-cnn", "sst2-textcnn"]

@@ -29,7 +29,7 @@ def _request_head(port: int, length: int, path: str = "/predict", extra: bytes =
     )
 
 
-# The server's defaults (app/http_limits.py): bytes of the request line and header fields, and fields.
+# The server's defaults (app/transport/http/limits.py): bytes of the request line and header fields, and fields.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 OWN_FIELDS = 4  # those of _request_head

@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.batcher import Batcher
 from app.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from app.models.batcher import Batcher
 
 LONG_DEADLINE_S = 60.0  # a request that waits this long has hung: the test gives up after SETTLE_S
 SETTLE_S = 2.0

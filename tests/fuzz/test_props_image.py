@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.errors import InvalidInput, PayloadTooLarge
-from app.image_decoding import decode_image
+from app.models.image_decoding import decode_image
 from model_repository.schema import ImagePreprocessing
 
 from .images import WRITABLE, encode, png_bomb, png_text_bomb, synthetic, with_size

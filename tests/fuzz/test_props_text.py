@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.text_encoding import TextEncoder
+from app.models.text_encoding import TextEncoder
 from model_repository.schema import TEXT_ATTENTION_MASK, TEXT_INPUT_IDS
 from tests.serving.support import ModelUnderTest
 

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.errors import ServiceError
-from app.v2_codec import DATATYPES, parse_request
+from app.transport.http.v2_codec import DATATYPES, parse_request
 
 JSON_SCALARS = (
     st.none()

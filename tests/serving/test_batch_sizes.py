@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.batch_tuning import BatchTiming, best_batch_size, candidate_sizes
-from app.served_model import CPU_MAX_PADDING
+from app.models.batch_tuning import BatchTiming, best_batch_size, candidate_sizes
+from app.models.served_model import CPU_MAX_PADDING
 
 from .conftest import SHARED_SERVER_SHARED_INFERENCE, SHARED_SERVER_WORKERS, StartServer
 from .support import ModelUnderTest, scrape, value

@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from app.batcher import Batcher
 from app.errors import DeadlineExceeded
+from app.models.batcher import Batcher
 
 MAX_BATCH = 4
 

@@ -1,4 +1,4 @@
-"""Requests that name no model, through real servers: each input kind's default model (app.default_models).
+"""Requests that name no model, through real servers: each input kind's default model (app.models.default_models).
 
 With the bundled repository the photo model answers every image and the sentiment model every text that names
 no model; SERVE_DEFAULT_MODELS wins over config.json; several models of a kind and no default give a 400 that

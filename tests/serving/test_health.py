@@ -48,7 +48,7 @@ def test_not_ready_until_warmed_up(start_server: StartServer, models_dir: Path, 
 
         server.wait_ready()
         # The console says so too, in one line naming the models and the address.
-        assert f"INFO app.registry [-]: ready: serving {image_model.name} on {server.url}\n" in server.log()
+        assert f"INFO app.models.registry [-]: ready: serving {image_model.name} on {server.url}\n" in server.log()
 
         status = model_states(client)[image_model.name]
         assert status["state"] == "ready" and status["error"] is None

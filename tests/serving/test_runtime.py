@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app import runtime
-from app.runtime import cgroup_cpu_quota, usable_cpus
+from app.models import runtime
+from app.models.runtime import cgroup_cpu_quota, usable_cpus
 
 from .support import REPO_ROOT
 
@@ -20,7 +20,7 @@ def test_usable_cpus_follows_the_cpu_affinity() -> None:
     assert usable_cpus() == len(os.sched_getaffinity(0))
     pinned = subprocess.run(
         [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-                               "from app.runtime import usable_cpus; print(usable_cpus())"],
+                               "from app.models.runtime import usable_cpus; print(usable_cpus())"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )
     assert pinned.stdout.strip() == "1", pinned.stderr

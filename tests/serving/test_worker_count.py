@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app import worker_count
-from app.runtime import usable_cpus
+from app.models.runtime import usable_cpus
 from app.settings import Settings
-from app.worker_count import MAX_AUTO_WORKERS, auto_workers
+from app.topology import worker_count
+from app.topology.worker_count import MAX_AUTO_WORKERS, auto_workers
 
 from .conftest import StartServer
 from .support import ModelUnderTest, assert_prediction

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.batch_tuning import TOLERANCE
-from app.runtime import usable_cpus
-from app.workers import SHARED_DIRECTORY_ENV, one_worker_at_a_time
+from app.models.batch_tuning import TOLERANCE
+from app.models.runtime import usable_cpus
+from app.topology.workers import SHARED_DIRECTORY_ENV, one_worker_at_a_time
 
 from .conftest import CopyModels, StartServer
 from .support import (
@@ -234,7 +234,7 @@ def test_warm_up_timings_take_turns_across_workers(tmp_path: Path) -> None:
     """Workers start together; timing batch sizes and thread counts in two at once would measure their
     competition for the CPUs. A second worker's timing waits until the first one's is done."""
     env = {**os.environ, SHARED_DIRECTORY_ENV: str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
-    other_worker = ("import time\nfrom app.workers import one_worker_at_a_time\nprint('waiting', flush=True)\n"
+    other_worker = ("import time\nfrom app.topology.workers import one_worker_at_a_time\nprint('waiting', flush=True)\n"
                     "with one_worker_at_a_time('warm-up-timing'):\n    print(time.monotonic(), flush=True)\n")
     os.environ[SHARED_DIRECTORY_ENV] = str(tmp_path)
     try:

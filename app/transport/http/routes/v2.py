@@ -8,7 +8,10 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.dependencies import (
+from app.errors import InvalidInput, ModelNotFound
+from app.models.registry import ModelRegistry
+from app.models.served_model import NUMPY_DTYPES, ServedModel
+from app.transport.http.dependencies import (
     client_gone,
     get_registry,
     health_access,
@@ -17,11 +20,8 @@ from app.dependencies import (
     require_admin_key,
     require_api_key,
 )
-from app.errors import InvalidInput, ModelNotFound
-from app.registry import ModelRegistry
-from app.routes.request_route import RequestRoute
-from app.served_model import NUMPY_DTYPES, ServedModel
-from app.v2_codec import (
+from app.transport.http.routes.request_route import RequestRoute
+from app.transport.http.v2_codec import (
     CONFIG_DTYPE_TO_DATATYPE,
     HEADER_LENGTH,
     InferenceRequest,

@@ -18,14 +18,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from app.dependencies import health_access, metrics_access, require_admin_key, require_api_key
-from app.routes.request_route import RequestRoute
 from app.settings import Settings
+from app.transport.http.dependencies import health_access, metrics_access, require_admin_key, require_api_key
+from app.transport.http.routes.request_route import RequestRoute
 
 OPENAPI_URL = "/openapi.json"
 ASSETS_URL = "/api-docs-assets"
 
-# Either scheme is accepted (app.dependencies.require_api_key): an operation's `security` lists them as
+# Either scheme is accepted (app.transport.http.dependencies.require_api_key): an operation's `security` lists them as
 # alternatives.
 SECURITY_SCHEMES = {
     "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

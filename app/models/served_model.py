@@ -14,12 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app import batch_tuning
-from app.batcher import Batcher
 from app.errors import InferenceFailed, InvalidInput, ModelNotReady, ServiceError
-from app.image_decoding import decode_image
-from app.metrics import Metrics
-from app.runtime import (
+from app.models import batch_tuning
+from app.models.batcher import Batcher
+from app.models.image_decoding import decode_image
+from app.models.runtime import (
     CPU,
     CUDA,
     ProviderUnavailable,
@@ -29,9 +28,10 @@ from app.runtime import (
     requested_providers,
     usable_cpus,
 )
+from app.models.text_encoding import TextEncoder
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.text_encoding import TextEncoder
-from app.workers import one_worker_at_a_time
+from app.topology.workers import one_worker_at_a_time
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
 from model_repository.schema import TEXT_INPUT_IDS
 

@@ -8,15 +8,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api_schemas import (
+from app.models.registry import ModelRegistry
+from app.transport.http.dependencies import get_registry, health_access, metrics_access, require_api_key
+from app.transport.http.schemas import (
     BatchTimingDescription,
     HealthResponse,
     ModelDescription,
     ModelsResponse,
     WorkerStatus,
 )
-from app.dependencies import get_registry, health_access, metrics_access, require_api_key
-from app.registry import ModelRegistry
 
 router = APIRouter()
 # Open unless SERVE_PUBLIC_HEALTH / SERVE_PUBLIC_METRICS close them (then they need an API key).

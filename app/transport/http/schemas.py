@@ -1,4 +1,4 @@
-"""Request and response bodies of the service's own API (the v2 protocol has its own in `app/v2_codec.py`)."""
+"""Request and response bodies of the service's own API (the v2 protocol has its own in `app/transport/http/v2_codec.py`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.default_models import ChosenBy, Task
+from app.models.default_models import ChosenBy, Task
 
 MAX_TOP_K = 1000  # labels one answer may hold
 

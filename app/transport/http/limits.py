@@ -13,7 +13,7 @@ trailers), with a few bytes per chunk for the chunks' framing on top.
 The defaults, 64 KiB and 100 fields, are Envoy's (60 KiB, 100) rounded up, so whatever a proxy in front
 forwards is accepted; Apache and gunicorn allow 100 fields too, nginx about 32 KiB of head.
 
-It also stamps each request with the time its head arrived (`app.arrival`) as `received_at` in the scope's
+It also stamps each request with the time its head arrived (`app.transport.http.arrival`) as `received_at` in the scope's
 `state` (`request.state.received_at`), from which its deadline counts.
 """
 
@@ -27,8 +27,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.arrival import arrival_time
-from app.middleware import REQUEST_ID_HEADER, request_id_for
+from app.transport.http.arrival import arrival_time
+from app.transport.http.middleware import REQUEST_ID_HEADER, request_id_for
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100

@@ -3,7 +3,7 @@
 The rule: where the sessions are asked to run on CUDA (`SERVE_PROVIDERS` names it, or `auto` on an ONNX
 Runtime build that has it), one worker, since every worker's sessions go to the one GPU that the provider
 options name and each would hold a CUDA context of its own there (serve several GPUs with one server per GPU).
-Otherwise one worker per CPU the process may use (app.runtime.usable_cpus: affinity and cgroup quota), at most
+Otherwise one worker per CPU the process may use (app.models.runtime.usable_cpus: affinity and cgroup quota), at most
 MAX_AUTO_WORKERS: each worker holds its own copy of every model and its own ONNX Runtime arenas, so memory
 grows with the count, and past that many processes a host is better served by more pods or servers.
 Every process that reads the settings resolves `auto` the same way (same affinity, quota and providers).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.runtime import CUDA, requested_providers, usable_cpus
+from app.models.runtime import CUDA, requested_providers, usable_cpus
 
 MAX_AUTO_WORKERS = 8
 

@@ -8,12 +8,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from app.default_models import DefaultModelError, DefaultModels, Task
 from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
-from app.metrics import Metrics
-from app.served_model import ServedModel
+from app.models.default_models import DefaultModelError, DefaultModels, Task
+from app.models.served_model import ServedModel
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.workers import WorkerBoard
+from app.topology.workers import WorkerBoard
 from model_repository import ModelRepositoryError, discover_models, latest_version, load_config, version_dir
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ModelRegistry:
 
     def discover(self) -> None:
         """Read every selected model's config; a model that cannot be read is recorded as failed. Raise
-        `StartupFailed` when the default models cannot be chosen as configured (app.default_models)."""
+        `StartupFailed` when the default models cannot be chosen as configured (app.models.default_models)."""
         root = self._settings.models_dir
         selection = self._settings.model_selection()
         try:
@@ -218,7 +218,7 @@ class ModelRegistry:
         return model
 
     def select(self, name: str | None, task: Task) -> ServedModel:
-        """The model named, or `task`'s default model (app.default_models) when no name is given."""
+        """The model named, or `task`'s default model (app.models.default_models) when no name is given."""
         if not name:
             self._refuse_when_stopping()
             return self.get(self.defaults.name_for(task, self._tasks(), self.failures))

@@ -1,9 +1,9 @@
 """Several worker processes on one port (`SERVE_WORKERS`): what they share, so the service still reads as one.
 
 uvicorn's supervisor starts and replaces the workers, each listening on a socket of its own on the one port
-(app.reuse_port), so the kernel spreads connections among them; each worker loads its own sessions and batches
+(app.topology.reuse_port), so the kernel spreads connections among them; each worker loads its own sessions and batches
 its own traffic, or, with `SERVE_SHARED_INFERENCE`, hands its batches to the one inference process
-(app.inference_process). They share one directory, named by `PROMETHEUS_MULTIPROC_DIR`: prometheus-client's
+(app.topology.inference_process). They share one directory, named by `PROMETHEUS_MULTIPROC_DIR`: prometheus-client's
 multiprocess files, so `/metrics` on any worker counts the requests of all of them, and one readiness file per
 process, so `/health/ready` on any worker is 200 only when every worker (and the inference process) is ready.
 The supervisor replaces a worker or inference process that dies; the replacement counts once it is ready.

@@ -12,8 +12,8 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, ServiceError, unexpected_error_response
-from app.logs import REQUEST_ID
-from app.metrics import Metrics
+from app.observability.logs import REQUEST_ID
+from app.observability.metrics import Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is kept when it is this plain and short; anything else (which could forge log lines or
@@ -30,7 +30,7 @@ def request_id_for(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 class RequestId:
     """Gives every HTTP request an id: the client's `X-Request-ID` when it is usable, else 32 random hex
-    digits. The id is answered in `X-Request-ID` and tags every log record about the request (`app.logs`).
+    digits. The id is answered in `X-Request-ID` and tags every log record about the request (`app.observability.logs`).
 
     As the outermost middleware it also answers an exception that nothing handled (see
     `unexpected_error_response`), which Starlette would otherwise pass on to the server, closing the connection.
@@ -66,7 +66,7 @@ class RequestId:
 
 class RequestMetrics:
     """Counts requests and errors and times them, labelled by route template (never the raw path), and notes
-    how long each request waited unread (`app.arrival`)."""
+    how long each request waited unread (`app.transport.http.arrival`)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app

@@ -9,17 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api_docs import install_api_docs
 from app.errors import install_error_handlers
-from app.front_end_model import FrontEndModel
-from app.metrics import Metrics
-from app.middleware import BodySizeLimit, RequestId, RequestMetrics
-from app.registry import ModelRegistry
-from app.routes import health, predict, v2
-from app.routes.request_route import DirectRoutes, RequestRoute
-from app.served_model import ServedModel
+from app.models.front_end_model import FrontEndModel
+from app.models.registry import ModelRegistry
+from app.models.served_model import ServedModel
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.workers import WorkerBoard, shared_directory
+from app.topology.workers import WorkerBoard, shared_directory
+from app.transport.http.api_docs import install_api_docs
+from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
+from app.transport.http.routes import health, predict, v2
+from app.transport.http.routes.request_route import DirectRoutes, RequestRoute
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.drain()
 
     app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)  # app.api_docs serves them
+                  docs_url=None, redoc_url=None, openapi_url=None)  # app.transport.http.api_docs serves them
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry

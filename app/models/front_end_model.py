@@ -1,6 +1,6 @@
 """A model seen from a front-end worker of `SERVE_SHARED_INFERENCE`: the worker reads, decodes, tokenizes and
 batches its own requests as a `ServedModel` does, and each batch runs in the inference process
-(app.inference_process), merged there with the batches of the other workers."""
+(app.topology.inference_process), merged there with the batches of the other workers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from app.inference_link import InferenceClient, link_path, wait_until_ready
-from app.served_model import ServedModel
-from app.workers import shared_directory
+from app.models.served_model import ServedModel
+from app.topology.inference_link import InferenceClient, link_path, wait_until_ready
+from app.topology.workers import shared_directory
 from model_repository import ModelConfig, ModelRepositoryError
 
 

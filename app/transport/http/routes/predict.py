@@ -12,12 +12,17 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api_schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
-from app.dependencies import client_gone, refuse_if_overloaded, request_deadline, require_api_key
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
-from app.registry import ModelRegistry
-from app.routes.request_route import RequestRoute
+from app.models.registry import ModelRegistry
 from app.settings import Settings
+from app.transport.http.dependencies import (
+    client_gone,
+    refuse_if_overloaded,
+    request_deadline,
+    require_api_key,
+)
+from app.transport.http.routes.request_route import RequestRoute
+from app.transport.http.schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
 
 router = APIRouter(route_class=RequestRoute)
 

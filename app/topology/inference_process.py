@@ -1,5 +1,5 @@
 """The inference process of `SERVE_SHARED_INFERENCE`: it holds every session, with one batcher per model that
-the batches of every front-end worker feed (app.inference_link), so batches form from all the traffic and a
+the batches of every front-end worker feed (app.topology.inference_link), so batches form from all the traffic and a
 GPU holds one CUDA context and one copy of each model.
 
 The supervisor (`python -m app`) starts it before the workers, starts a new one if it dies, and stops it once
@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from app import inference_link
 from app.errors import ModelNotReady
-from app.logs import configure_logging
-from app.metrics import Metrics
-from app.registry import ModelRegistry
-from app.served_model import INLINE_MAX_SECONDS, ServedModel
+from app.models.registry import ModelRegistry
+from app.models.served_model import INLINE_MAX_SECONDS, ServedModel
+from app.observability.logs import configure_logging
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.workers import INFERENCE, WorkerBoard
+from app.topology import inference_link
+from app.topology.workers import INFERENCE, WorkerBoard
 
 logger = logging.getLogger(__name__)
 

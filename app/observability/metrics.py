@@ -1,7 +1,7 @@
 """Prometheus metrics of one service instance, kept in their own registry.
 
 With several worker processes (`SERVE_WORKERS`), prometheus-client's multiprocess mode keeps every value in
-files in the shared directory (`app.workers`), and `exposition` reads them all: counters and histograms add up
+files in the shared directory (`app.topology.workers`), and `exposition` reads them all: counters and histograms add up
 over the workers, each gauge combines as its `multiprocess_mode` says, and `process_*` sums the workers.
 """
 
@@ -19,7 +19,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from app.workers import WorkerBoard, WorkersProcessCollector
+from app.topology.workers import WorkerBoard, WorkersProcessCollector
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -67,7 +67,7 @@ class Metrics:
         )
         if not self.shared:
             self.in_flight.set_function(lambda: self._requests_in_flight)
-        # How long the latest request waited unread (app.arrival), which the batcher reads: a front end that is
+        # How long the latest request waited unread (app.transport.http.arrival), which the batcher reads: a front end that is
         # behind should not also run batches on its event loop.
         self.read_delay_s = 0.0
         self.read_delay = Histogram(

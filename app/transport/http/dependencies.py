@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from fastapi import Request
 
 from app.errors import Forbidden, Overloaded, Unauthorized, UnprocessableInput
-from app.registry import ModelRegistry
+from app.models.registry import ModelRegistry
 from app.settings import Settings
 
 
@@ -26,7 +26,7 @@ REQUEST_TIMEOUT_HEADER = "x-request-timeout"
 
 
 def _received_at(request: Request) -> float:
-    """When the request reached the machine (`app.arrival`); now, under a server that does not say."""
+    """When the request reached the machine (`app.transport.http.arrival`); now, under a server that does not say."""
     received_at: float | None = getattr(request.state, "received_at", None)
     return time.perf_counter() if received_at is None else received_at
 

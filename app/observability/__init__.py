@@ -1,0 +1,2 @@
+"""What the service tells its operators: Prometheus metrics and the logs.
+"""
