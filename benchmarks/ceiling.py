@@ -17,8 +17,8 @@ from pathlib import Path
 
 from app.models.batch_tuning import candidate_sizes
 from app.models.image_decoding import decode_image
+from app.models.request_pipeline import Row, collate
 from app.models.runtime import CPU, create_session
-from app.models.served_model import Row, collate
 from app.models.text_encoding import TextEncoder
 from app.settings import Settings
 from model_repository import ModelConfig

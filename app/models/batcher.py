@@ -1,19 +1,29 @@
-"""A dynamic batcher: merges concurrent requests for one model into as few `session.run` calls as it can.
+"""A dynamic batcher: merges concurrent requests for one model into as few calls of its batch function as it can.
 
-A request that reaches an idle batcher runs at once. Each batch runs on the worker thread, or, when
-`run_inline(rows)` says so (a short batch), right on the event loop, which saves two thread hand-offs and,
-on a single CPU, the loop and the thread taking turns at the GIL. While a batch runs, new requests queue,
-and the next batch takes as many of them as fit in `max_batch_size` rows, so batches grow with load on their
-own. When the batcher knows request lengths (`length_of`, for text), the next batch is the oldest request
-plus the queued ones closest to it in length, so padding stays small under mixed traffic, and the padded
-batch (rows times its longest length) stays within `max_padded_size`, so a batch of short texts holds more
-rows than one of long texts; with `max_padding` (a fraction), a request joins only if the batch's padding stays
-within that fraction of its real length, so a mixed queue runs as a few batches of like lengths rather than one
-padded to its longest; the oldest always goes first, so none starves. The
-queue is bounded (`QueueFull`), every request has a deadline (`DeadlineExceeded` if it is still queued
-when the deadline passes, or at once if the rows queued ahead of it, at the pace batches have been running,
-would take longer than its deadline leaves), a request whose client has gone (`client_gone`) is dropped unrun
-(`ClientDisconnected`) when its batch forms, and `drain()` stops intake and answers everything already queued.
+The contract, so that a caller need not read the loop:
+- Batch function: `run_batch(requests)` returns one outcome per request, in order: that request's result, or
+  the exception it answers with. An exception the batch function raises answers every request of the batch.
+  It runs on the batcher's one worker thread, or on the event loop when `run_inline(rows)` says so (a short
+  batch: it saves two thread hand-offs and, on a single CPU, the loop and the thread taking turns at the GIL).
+- Size: a batch holds at most `max_batch_size` rows; `submit` refuses a request of more rows (`ValueError`),
+  which the caller splits.
+- Wait: a request that reaches an idle batcher runs at once. While a batch runs, new requests queue, and the
+  next batch takes as many of them as fit, so batches grow with load on their own. With `max_wait_s`, the next
+  batch waits up to that long to fill. A lone request that may run inline first gives the loop one turn, so
+  that the requests the server has already read queue behind it.
+- Ordering: the oldest queued request is always in the next batch, so none starves. Without `length_of`, the
+  batch takes the queue in order while it fits. With `length_of` (a text request's longest row, in tokens),
+  it takes the queued requests closest in length to the oldest while the padded batch (rows times its longest
+  length) stays within `max_padded_size` and, with `max_padding`, its padding within that fraction of its real
+  length: a mixed queue runs as a few batches of like lengths.
+- Queue and deadlines: at most `max_queue_size` requests queue (`QueueFull`). Each request has a deadline, a
+  `time.perf_counter()` value: `DeadlineExceeded` at once when the rows queued ahead of it, at the pace batches
+  have been running, would take longer than it leaves, and whenever it passes before the answer.
+- Clients: a request whose client has gone (`client_gone()`) is dropped unrun (`ClientDisconnected`) when its
+  batch forms.
+- Drain: `drain()` refuses new requests (`ShuttingDown`), answers everything already queued, then stops the
+  worker thread.
+- Callbacks: `on_batch(rows, queue waits)` as each batch forms, `on_queue_change(depth)` as the queue changes.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from app.errors import ClientDisconnected, DeadlineExceeded, QueueFull, ShuttingDown
+from app.models.batch_selection import BatchCaps, take_in_order, take_similar_lengths
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -45,7 +56,7 @@ class _Pending(Generic[RequestT]):
     rows: int
     deadline: float
     future: asyncio.Future[Any]
-    length: int  # `length_of(request)`, worked out once; 0 without length bucketing
+    length: float  # `length_of(request)`, worked out once; 0 without length bucketing
     client_gone: Callable[[], bool] | None
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -64,7 +75,7 @@ class Batcher(Generic[RequestT, ResultT]):
         on_batch: Callable[[int, list[float]], None] | None = None,
         on_queue_change: Callable[[int], None] | None = None,
         run_inline: Callable[[int], bool] | None = None,
-        length_of: Callable[[RequestT], int] | None = None,
+        length_of: Callable[[RequestT], float] | None = None,
         max_padded_size: int | None = None,
         max_padding: float | None = None,
     ) -> None:
@@ -77,8 +88,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._on_queue_change = on_queue_change
         self._run_inline = run_inline
         self._length_of = length_of
-        self.max_padded_size = max_padded_size
-        self.max_padding = max_padding
+        self._caps = BatchCaps(max_batch_size, max_padded_size, max_padding)
         self._running = False  # a batch is running (on the worker thread or the loop)
         self._claimed = False  # a lone request is about to run on the event loop
         self._queue: deque[_Pending[RequestT]] = deque()
@@ -235,9 +245,10 @@ class Batcher(Generic[RequestT, ResultT]):
         now = time.perf_counter()
         self._drop_dead(now)
         if self._length_of is not None and len(self._queue) > 1:
-            batch = self._pop_similar_lengths()
+            batch, self._queue = take_similar_lengths(self._queue, self._caps)
         else:
-            batch = self._pop_oldest()
+            batch = take_in_order(self._queue, self._caps)
+        self._queued_rows -= sum(pending.rows for pending in batch)
         batch = [pending for pending in batch if not self._client_left(pending)]
         if self._on_queue_change:
             self._on_queue_change(len(self._queue))
@@ -268,44 +279,6 @@ class Batcher(Generic[RequestT, ResultT]):
             ClientDisconnected(f"the client left while its request for model {self.name!r} was queued")
         )
         return True
-
-    def _pop_oldest(self) -> list[_Pending[RequestT]]:
-        batch: list[_Pending[RequestT]] = []
-        rows = 0
-        while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
-            pending = self._queue.popleft()
-            batch.append(pending)
-            rows += pending.rows
-        self._queued_rows -= rows
-        return batch
-
-    def _pop_similar_lengths(self) -> list[_Pending[RequestT]]:
-        """The oldest request, then the queued ones nearest to it in length while they fit."""
-        oldest = self._queue[0]
-        batch, rows, longest = [oldest], oldest.rows, oldest.length
-        real = oldest.rows * oldest.length  # the batch's length without padding (an upper bound for a list)
-        by_closeness = sorted(list(self._queue)[1:], key=lambda pending: abs(pending.length - oldest.length))
-        for pending in by_closeness:
-            length = max(longest, pending.length)
-            joined_rows, joined_real = rows + pending.rows, real + pending.rows * pending.length
-            if not self._fits(joined_rows, joined_rows * length, joined_real):
-                continue
-            batch.append(pending)
-            rows, longest, real = joined_rows, length, joined_real
-            if rows == self.max_batch_size:
-                break
-        taken = set(map(id, batch))
-        self._queue = deque(pending for pending in self._queue if id(pending) not in taken)
-        self._queued_rows -= rows
-        return batch
-
-    def _fits(self, rows: int, padded: int, real: int) -> bool:
-        """Whether a batch of `rows` rows, `padded` long once padded and `real` long without, is within the caps."""
-        if rows > self.max_batch_size:
-            return False
-        if self.max_padded_size is not None and padded > self.max_padded_size:
-            return False
-        return self.max_padding is None or padded <= (1 + self.max_padding) * real
 
     async def _wait_for_more(self) -> None:
         """Hold the first request up to `max_wait_s` while the batch is not full."""

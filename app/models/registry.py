@@ -10,7 +10,7 @@ from typing import Any
 
 from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
 from app.models.default_models import DefaultModelError, DefaultModels, Task
-from app.models.served_model import ServedModel
+from app.models.served_model import ModelFactory, ServedModel
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology.workers import WorkerBoard
@@ -42,12 +42,12 @@ async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None
 class ModelRegistry:
     """Every configured model, whether it loaded or not, so health can say what is missing and why."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, workers: WorkerBoard | None = None,
-                 model_type: type[ServedModel] = ServedModel) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, make_model: ModelFactory,
+                 workers: WorkerBoard | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
         self.workers = workers  # the other worker processes, when there are several
-        self._model_type = model_type  # a FrontEndModel in the workers of SERVE_SHARED_INFERENCE
+        self._make_model = make_model  # what each process's models are made of (app.models.model_factories)
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
         self.defaults = DefaultModels(settings.default_model_choice())
@@ -80,8 +80,7 @@ class ModelRegistry:
             except ModelRepositoryError as exc:
                 self.failures[name] = str(exc)
                 continue
-            self.models[name] = self._model_type(config, version_dir(root, name, version), self._settings,
-                                                 self._metrics)
+            self.models[name] = self._make_model(config, version_dir(root, name, version))
         for name, reason in self.failures.items():
             logger.error("cannot serve %s: %s", name, reason)
             self._metrics.model_ready.labels(name).set(0)
@@ -133,7 +132,7 @@ class ModelRegistry:
                 config = load_config(directory)
             except ModelRepositoryError as exc:
                 raise ModelLoadFailed(f"cannot load {name} version {version}: {exc}") from None
-            model = self._model_type(config, directory, self._settings, self._metrics)
+            model = self._make_model(config, directory)
             await _run_in_daemon_thread(model.load, f"load-{name}-{version}")
             old = self.models.get(name)
             if model.error is not None:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import ModelNotReady
+from app.models.model_factories import inference_process_models
 from app.models.registry import ModelRegistry
-from app.models.served_model import INLINE_MAX_SECONDS, ServedModel
 from app.observability.logs import configure_logging
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -34,22 +34,6 @@ logger = logging.getLogger(__name__)
 
 # A process that dies this soon after it started is not started again at once: it would only die again.
 RESTART_PAUSE_S = 1.0
-
-
-class SharedModel(ServedModel):
-    """A model in the inference process: its requests are the workers' batches, already preprocessed, whose
-    requests the workers record."""
-
-    records_requests = False
-
-    def _batch_runs_inline(self, rows: int) -> bool:
-        """Every batch of a model that runs a batch of one within INLINE_MAX_SECONDS runs on the event loop, at
-        any load: this process answers no HTTP, and the workers' batches wait in their sockets meanwhile.
-        Against always handing them to the thread, on 2 CPUs (mnist-cnn, 2 workers, four alternating rounds):
-        +16 / +12 / -3 / +4% requests/s at 1 / 8 / 32 / 128 connections."""
-        if self._single_cpu or self._settings.max_batch_wait_ms > 0 or not self.batch_curve:
-            return super()._batch_runs_inline(rows)
-        return self.batch_curve[0].seconds_per_batch <= INLINE_MAX_SECONDS
 
 
 class InferenceProcess:
@@ -116,7 +100,8 @@ def run(directory: str, stop_receiver: Connection) -> None:
 async def _serve(settings: Settings, directory: Path, stop_receiver: Connection) -> None:
     board = WorkerBoard(directory, 1, role=INFERENCE)
     board.publish(False)
-    registry = ModelRegistry(settings, Metrics(), model_type=SharedModel)
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics, inference_process_models(settings, metrics))
     registry.discover()
     server = await inference_link.serve(inference_link.link_path(directory), _Answers(registry, settings).answer)
     loop = asyncio.get_running_loop()

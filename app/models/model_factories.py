@@ -1,0 +1,53 @@
+"""How each process makes the models it serves: the loader and the intake a `ServedModel` is composed of.
+
+- `local_models`: one process, or each worker: sessions in this process, for this process's clients.
+- `front_end_models`: a front-end worker of `SERVE_SHARED_INFERENCE`: its clients' requests, whose batches run
+  in the inference process, over a link of their own for each model.
+- `inference_process_models`: the inference process: sessions in this process, for the workers' batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.intake_load import IntakeLoad
+from app.models.intake import ClientIntake, WorkerBatchIntake
+from app.models.loading import LocalLoader
+from app.models.served_model import ModelFactory, ServedModel
+from app.models.shared_inference import InferenceProcessLoader
+from app.observability.metrics import Metrics
+from app.settings import Settings
+from app.topology.inference_link import InferenceClient, link_path
+from model_repository import ModelConfig
+
+
+def local_models(settings: Settings, metrics: Metrics, load: IntakeLoad) -> ModelFactory:
+    """Models whose sessions run here, for this process's clients, whose intake is as busy as `load`."""
+    intake = ClientIntake(load)
+
+    def make(config: ModelConfig, directory: Path) -> ServedModel:
+        return ServedModel(config, directory, LocalLoader(config, directory, settings), intake, settings, metrics)
+
+    return make
+
+
+def front_end_models(settings: Settings, metrics: Metrics, load: IntakeLoad, shared_directory: Path) -> ModelFactory:
+    """Models whose batches run in the inference process listening in `shared_directory`, for this process's
+    clients, whose intake is as busy as `load`."""
+    intake, path = ClientIntake(load), link_path(shared_directory)
+
+    def make(config: ModelConfig, directory: Path) -> ServedModel:
+        loader = InferenceProcessLoader(config, directory, settings, InferenceClient(path))
+        return ServedModel(config, directory, loader, intake, settings, metrics)
+
+    return make
+
+
+def inference_process_models(settings: Settings, metrics: Metrics) -> ModelFactory:
+    """Models whose sessions run here, for the batches of the front-end workers."""
+    intake = WorkerBatchIntake()
+
+    def make(config: ModelConfig, directory: Path) -> ServedModel:
+        return ServedModel(config, directory, LocalLoader(config, directory, settings), intake, settings, metrics)
+
+    return make
