@@ -40,6 +40,7 @@ from app.errors import InvalidInput, ServiceError
 from app.models.image_decoding import decode_image
 from app.models.text_encoding import TextEncoder
 from app.settings import Settings
+from app.transport.http.errors import status_code_for
 from model_repository import load_config
 
 
@@ -87,7 +88,7 @@ def create_app(directory: Path, variant: str, settings: Settings | None = None) 
         try:
             return Response(model.predict(body), media_type="application/json")
         except ServiceError as exc:
-            return Response(json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status_code,
+            return Response(json.dumps({"error": exc.message, "code": exc.code}), status_code=status_code_for(exc),
                             media_type="application/json")
 
     if variant == "def":

@@ -6,10 +6,10 @@ together with the batches of every other worker, and sends back the output tenso
 pickled (protocol 5: numpy arrays go as raw bytes) and framed by their length; both ends are this service's
 own processes, and the socket sits in a directory only this user can open.
 
-A refusal in the inference process (a full queue, a deadline, a shutdown) comes back as a `RemoteRefusal`
-with its status and code; a model failure as a `RemoteInferenceFailed`, so that the front end isolates the
-request that broke its batch as it would for a session of its own; a link that is down raises
-`InferenceUnreachable` (503).
+A refusal in the inference process (a full queue, a deadline, a shutdown) comes back as the error it raised
+(`app.errors` errors pickle with their attributes); a model failure as a `RemoteInferenceFailed`, so that the
+front end isolates the request that broke its batch as it would for a session of its own; a link that is down
+raises `InferenceUnreachable` (503).
 """
 
 from __future__ import annotations
@@ -37,15 +37,6 @@ _LENGTH = struct.Struct("!Q")
 Message = tuple[Any, ...]
 
 
-class RemoteRefusal(ServiceError):
-    """A refusal the inference process answered with (status and code as it gave them)."""
-
-    def __init__(self, message: str, *, status_code: int, code: str, headers: dict[str, str] | None) -> None:
-        super().__init__(message, headers=headers)
-        self.status_code = status_code
-        self.code = code
-
-
 class RemoteInferenceFailed(RuntimeError):
     """The model failed on the batch in the inference process (its log has the cause)."""
 
@@ -71,7 +62,7 @@ def _error_reply(exc: BaseException) -> Message:
         logger.error("%s", exc)  # the cause stays here; the front end answers with the message and an error id
         return ("failed", exc.message)
     if isinstance(exc, ServiceError):
-        return ("refused", exc.message, exc.status_code, exc.code, exc.headers)
+        return ("refused", exc)
     logger.error("the inference process failed on a message from a front end", exc_info=exc)
     return ("failed", f"{type(exc).__name__}: {exc}")
 
@@ -102,8 +93,7 @@ class InferenceClient:
         if kind == "ok":
             return rest[0]
         if kind == "refused":
-            message_text, status_code, code, headers = rest
-            raise RemoteRefusal(message_text, status_code=status_code, code=code, headers=headers)
+            raise rest[0]
         raise RemoteInferenceFailed(rest[0])
 
     def _send(self, frame: bytes) -> None:

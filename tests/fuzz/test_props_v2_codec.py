@@ -9,8 +9,10 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from app.dataplane.tensors import DATATYPES
 from app.errors import ServiceError
-from app.transport.http.v2_codec import DATATYPES, parse_request
+from app.transport.http.errors import status_code_for
+from app.transport.http.v2_codec import parse_request
 
 JSON_SCALARS = (
     st.none()
@@ -102,7 +104,7 @@ def check_parsed(body: bytes, header_length: str | None) -> None:
     try:
         request, tensors = parse_request(body, header_length)
     except ServiceError as exc:
-        assert 400 <= exc.status_code < 500 and exc.message, exc
+        assert 400 <= status_code_for(exc) < 500 and exc.message, exc
         return
     assert request.inputs
     for item in request.inputs:

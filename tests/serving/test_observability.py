@@ -131,7 +131,7 @@ def test_json_logs_carry_request_ids_and_no_secrets(json_logging_server: ServerP
         assert any(record["logger"] == "uvicorn.access" and f" {response.status_code}" in record["message"]
                    for record in about), (request_id, about)
         if response.status_code >= 400:  # refusals are explained at debug level
-            assert any(record["logger"] == "app.errors" and record["level"] == "DEBUG" for record in about), about
+            assert any(record["logger"] == "app.transport.http.errors" and record["level"] == "DEBUG" for record in about), about
     assert all("request_id" not in record for record in records if record["logger"] == "app.models.served_model")
     text = json_logging_server.log_path.read_text()
     for secret in (*KEYS, WRONG_KEY, BODY_MARKER, image[100:140], "lovely"):

@@ -9,7 +9,7 @@ of these paths answers 404.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -18,14 +18,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
+from app.dataplane.access import AccessPolicy
 from app.settings import Settings
-from app.transport.http.dependencies import health_access, metrics_access, require_admin_key, require_api_key
-from app.transport.http.routes.request_route import RequestRoute
+from app.transport.http.dependencies import ACCESS_OPERATIONS
 
 OPENAPI_URL = "/openapi.json"
 ASSETS_URL = "/api-docs-assets"
 
-# Either scheme is accepted (app.transport.http.dependencies.require_api_key): an operation's `security` lists them as
+# Either scheme is accepted (app.transport.http.dependencies._given_key): an operation's `security` lists them as
 # alternatives.
 SECURITY_SCHEMES = {
     "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -34,31 +34,22 @@ SECURITY_SCHEMES = {
 SECURITY = [{name: []} for name in SECURITY_SCHEMES]
 UNAUTHORIZED = {"description": "missing or wrong API key"}
 
-# The access dependencies of the routes, and when each asks for a key (given that keys are configured).
-_NEEDS_KEY: dict[Callable[..., Any], Callable[[Settings], bool]] = {
-    require_api_key: lambda settings: True,
-    require_admin_key: lambda settings: True,
-    health_access: lambda settings: not settings.public_health,
-    metrics_access: lambda settings: not settings.public_metrics,
-}
 
-
-def needs_key(route: APIRoute, settings: Settings) -> bool:
-    """Whether a request to `route` must carry an API key under `settings`. A `RequestRoute` makes its own key
-    check (`require_api_key`), the others declare it as a dependency."""
+def needs_key(route: APIRoute, access: AccessPolicy, settings: Settings) -> bool:
+    """Whether a request to `route` must carry an API key under `settings`: one of its declared access
+    dependencies (`ACCESS_OPERATIONS`) is for an operation that needs one."""
     if not settings.api_key_digests:
         return False
-    if isinstance(route, RequestRoute):
-        return True
-    return any(_NEEDS_KEY[depends.dependency](settings) for depends in route.dependencies
-               if depends.dependency in _NEEDS_KEY)
+    return any(access.requires_key(ACCESS_OPERATIONS[depends.dependency]) for depends in route.dependencies
+               if depends.dependency in ACCESS_OPERATIONS)
 
 
 def declare_api_key(document: dict[str, Any], routers: Sequence[APIRouter], settings: Settings) -> None:
     """Add the key's security schemes to `document`, and to each operation of `routers` (included with no
     prefix) that needs a key, its `security` and its 401 answer."""
+    access = AccessPolicy(settings)
     secured = [route for router in routers for route in router.routes
-               if isinstance(route, APIRoute) and route.include_in_schema and needs_key(route, settings)]
+               if isinstance(route, APIRoute) and route.include_in_schema and needs_key(route, access, settings)]
     if not secured:
         return
     document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES

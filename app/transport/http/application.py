@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.errors import install_error_handlers
+from app.dataplane.plane import DataPlane
 from app.models.front_end_model import FrontEndModel
 from app.models.registry import ModelRegistry
 from app.models.served_model import ServedModel
@@ -17,6 +17,7 @@ from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology.workers import WorkerBoard, shared_directory
 from app.transport.http.api_docs import install_api_docs
+from app.transport.http.errors import install_error_handlers
 from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.transport.http.routes import health, predict, v2
 from app.transport.http.routes.request_route import DirectRoutes, RequestRoute
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.dataplane = DataPlane(settings, registry)
     install_error_handlers(app)
     routers = (predict.router, health.router, v2.router, v2.infer_router)
     for router in routers:

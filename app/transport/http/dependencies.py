@@ -1,25 +1,25 @@
-"""FastAPI dependencies shared by the routes, the API key checks among them."""
+"""FastAPI dependencies shared by the routes: the API key checks (the data plane's, with the key the request
+carries), the request's deadline and the overload refusal."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 from fastapi import Request
 
-from app.errors import Forbidden, Overloaded, Unauthorized, UnprocessableInput
+from app.dataplane.access import AccessPolicy, Operation
+from app.dataplane.plane import DataPlane
+from app.errors import Overloaded, UnprocessableInput
 from app.models.registry import ModelRegistry
-from app.settings import Settings
 
 
 async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
 
 
 REQUEST_TIMEOUT_HEADER = "x-request-timeout"
@@ -94,40 +94,38 @@ def _given_key(request: Request) -> str | None:
     return given or None
 
 
-async def require_api_key(request: Request) -> None:
-    """When keys are configured (`SERVE_API_KEY`, `SERVE_API_KEYS`), require one of them as `X-API-Key: <key>`
-    or `Authorization: Bearer <key>`.
+def _check_access(request: Request, operation: Operation) -> None:
+    """The data plane's access check (`app.dataplane.access`) with the key the request carries."""
+    access: AccessPolicy = request.app.state.dataplane.access
+    if access.requires_key(operation):
+        access.check(_given_key(request), operation)
 
-    The given key's SHA-256 is compared with every accepted key's, each comparison in constant time and none
-    skipped, so the time taken tells nothing about the keys, their lengths or which one matched.
-    """
-    accepted = request.app.state.settings.api_key_digests
-    if not accepted:
-        return
-    given = _given_key(request)
-    digest = hashlib.sha256(given.encode()).digest() if given is not None else b""
-    matched = False
-    for key in accepted:
-        matched |= hmac.compare_digest(digest, key)
-    if not matched:
-        raise Unauthorized("missing or wrong API key: send it as `X-API-Key: <key>` or `Authorization: Bearer <key>`",
-                           key_given=given is not None)
+
+async def require_api_key(request: Request) -> None:
+    """Model operations: a key, when keys are configured (`SERVE_API_KEY`, `SERVE_API_KEYS`)."""
+    _check_access(request, Operation.MODELS)
 
 
 async def require_admin_key(request: Request) -> None:
-    """Admin routes (loading and unloading models) always need a key: with none configured they are closed."""
-    if not request.app.state.settings.api_key_digests:
-        raise Forbidden("the model repository routes need an API key configured (SERVE_API_KEY or SERVE_API_KEYS)")
-    await require_api_key(request)
+    """Repository operations (loading and unloading models) always need a key: with none configured they are
+    closed."""
+    _check_access(request, Operation.REPOSITORY)
 
 
 async def health_access(request: Request) -> None:
     """Health routes need a key only when `SERVE_PUBLIC_HEALTH=false`."""
-    if not request.app.state.settings.public_health:
-        await require_api_key(request)
+    _check_access(request, Operation.HEALTH)
 
 
 async def metrics_access(request: Request) -> None:
     """`/metrics` needs a key only when `SERVE_PUBLIC_METRICS=false`."""
-    if not request.app.state.settings.public_metrics:
-        await require_api_key(request)
+    _check_access(request, Operation.METRICS)
+
+
+# The access dependencies, and the data-plane operation each checks.
+ACCESS_OPERATIONS: dict[Callable[[Request], Awaitable[None]], Operation] = {
+    require_api_key: Operation.MODELS,
+    require_admin_key: Operation.REPOSITORY,
+    health_access: Operation.HEALTH,
+    metrics_access: Operation.METRICS,
+}

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, ServiceError, unexpected_error_response
+from app.errors import PayloadTooLarge, ServiceError
 from app.observability.logs import REQUEST_ID
 from app.observability.metrics import Metrics
+from app.transport.http.errors import unexpected_error_response
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is kept when it is this plain and short; anything else (which could forge log lines or

@@ -1,6 +1,7 @@
-"""Tensors of the Open Inference Protocol v2: JSON and binary-extension request parsing, response encoding.
+"""The Open Inference Protocol v2 over HTTP: JSON and binary-extension request parsing, response encoding.
 
-Binary tensor data extension (as Triton and its clients use it): the header
+The tensors' values are decoded and checked by the data plane (`app.dataplane.tensors`); this module reads
+them from the wire. Binary tensor data extension (as Triton and its clients use it): the header
 `Inference-Header-Content-Length: N` says the body starts with N bytes of JSON; each tensor whose
 `parameters.binary_data_size` is set takes its bytes, in order, from what follows.
 """
@@ -8,34 +9,15 @@ Binary tensor data extension (as Triton and its clients use it): the header
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.dataplane.tensors import DATATYPE_OF_DTYPE, from_bytes, from_values, tensor_head
 from app.errors import InvalidInput, UnprocessableInput
 
 HEADER_LENGTH = "inference-header-content-length"
-
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
-CONFIG_DTYPE_TO_DATATYPE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
-# No tensor dimension is larger (numpy's limit is 2**63 - 1; a body under any limit holds far fewer values).
-MAX_DIMENSION = 2**31 - 1
 
 
 class RequestInput(BaseModel):
@@ -83,46 +65,17 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
     for item in request.inputs:
         if item.name in tensors:
             raise InvalidInput(f"input {item.name!r} appears more than once")
-        dtype = DATATYPES.get(item.datatype)
-        if dtype is None:
-            raise InvalidInput(f"input {item.name!r}: unsupported datatype {item.datatype!r}")
-        if any(dim < 0 or dim > MAX_DIMENSION for dim in item.shape):
-            raise InvalidInput(f"input {item.name!r}: shape {item.shape} has a negative or too large "
-                               "dimension")
-        count = math.prod(item.shape)  # Python integers: no int64 wrap-around
+        tensor = tensor_head(item.name, item.datatype, item.shape)
         size = item.parameters.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
-                raise InvalidInput(f"input {item.name!r}: binary_data_size {size} does not match shape "
-                                   f"{item.shape} of {item.datatype} or the bytes sent")
-            array = _reshape(item, np.frombuffer(binary[offset:offset + size], dtype=dtype), count)
-            offset += size
-        else:
-            if item.data is None:
-                raise InvalidInput(f"input {item.name!r} has no data")
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):  # out of range: refused below
-                    values = np.asarray(item.data, dtype=dtype)
-            except (ValueError, TypeError, OverflowError):
-                raise InvalidInput(f"input {item.name!r}: data does not hold {count} {item.datatype} values "
-                                   f"for shape {item.shape}") from None
-            array = _reshape(item, values, count)
-            if dtype.kind == "f" and np.isnan(array).any():  # JSON null becomes NaN; JSON has no NaN
-                raise InvalidInput(f"input {item.name!r}: data holds null or NaN values")
-        if dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInput(f"input {item.name!r}: data holds NaN, infinite or out-of-range "
-                               f"{item.datatype} values")
-        tensors[item.name] = array
+        if size is None:
+            tensors[item.name] = from_values(tensor, item.data)
+            continue
+        if not isinstance(size, int) or size != tensor.count * tensor.dtype.itemsize or offset + size > len(binary):
+            raise InvalidInput(f"input {item.name!r}: binary_data_size {size} does not match shape "
+                               f"{item.shape} of {item.datatype} or the bytes sent")
+        tensors[item.name] = from_bytes(tensor, binary[offset:offset + size])
+        offset += size
     return request, tensors
-
-
-def _reshape(item: RequestInput, values: np.ndarray, count: int) -> np.ndarray:
-    """`values` in the declared shape, or `InvalidInput` when they do not fill it."""
-    try:
-        return values.reshape(item.shape)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"input {item.name!r}: data does not hold {count} {item.datatype} values "
-                           f"for shape {item.shape}") from None
 
 
 def encode_response(

@@ -8,8 +8,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.dataplane.plane import DataPlane
 from app.models.registry import ModelRegistry
-from app.transport.http.dependencies import get_registry, health_access, metrics_access, require_api_key
+from app.transport.http.dependencies import (
+    get_dataplane,
+    get_registry,
+    health_access,
+    metrics_access,
+    require_api_key,
+)
 from app.transport.http.schemas import (
     BatchTimingDescription,
     HealthResponse,
@@ -50,25 +57,14 @@ async def live() -> dict[str, str]:
                                    "server is shutting down"}},
     dependencies=HealthAccess,
 )
-async def ready(registry: Registry) -> JSONResponse:
+async def ready(dataplane: Annotated[DataPlane, Depends(get_dataplane)]) -> JSONResponse:
     """Kubernetes readiness probe: 200 only when every configured model is loaded and warmed up, and the
     server is not shutting down."""
-    if registry.ready:
+    readiness = dataplane.readiness()
+    if readiness.ready:
         return JSONResponse({"status": "ready"})
-    not_ready = {item["name"]: item["error"] or item["state"] for item in registry.status() if item["state"] != "ready"}
-    if registry.stopping:
-        message = "shutting down"
-    elif not registry.models and not registry.failures:
-        message = "no models configured"
-    elif registry.ready_here and registry.workers is not None and not registry.workers.inference_ready():
-        message = "the inference process is not ready (starting, or starting again after it stopped)"
-    elif registry.ready_here and registry.workers is not None:
-        ready_workers = sum(registry.workers.workers().values())
-        message = f"{ready_workers} of {registry.workers.expected} worker processes ready"
-    else:
-        message = "models not ready"
-    return JSONResponse({"status": "not_ready", "error": message, "models": not_ready}, status_code=503,
-                        headers={"Retry-After": "5"})
+    return JSONResponse({"status": "not_ready", "error": readiness.reason, "models": readiness.models_not_ready},
+                        status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/models", response_model=ModelsResponse, tags=["models"], dependencies=[Depends(require_api_key)])

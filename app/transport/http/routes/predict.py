@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.dataplane.plane import DataPlane
+from app.dataplane.predict import PredictInputs
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
-from app.models.registry import ModelRegistry
 from app.settings import Settings
 from app.transport.http.dependencies import (
     client_gone,
@@ -68,15 +68,8 @@ def _decode_base64(value: str, position: int) -> bytes:
         raise InvalidInput(f"image {position} is not valid base64") from None
 
 
-class _Inputs:
-    """What a request asks for, whatever its content type."""
-
-    def __init__(self, kind: Literal["text", "image"], items: list[Any], is_list: bool,
-                 model: str | None, top_k: int | None) -> None:
-        self.kind, self.items, self.is_list, self.model, self.top_k = kind, items, is_list, model, top_k
-
-
-async def _read_json(request: Request) -> _Inputs:
+async def _read_json(request: Request, model: str | None, top_k: int | None) -> PredictInputs:
+    """The inputs of a JSON body; its `model` and `top_k` before the query's."""
     try:
         body = PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -86,13 +79,15 @@ async def _read_json(request: Request) -> _Inputs:
         raise UnprocessableInput(f"invalid JSON body: {problems}") from None
     if body.text is not None:
         texts = body.text if isinstance(body.text, list) else [body.text]
-        return _Inputs("text", texts, isinstance(body.text, list), body.model, body.top_k)
+        return PredictInputs("text", texts, isinstance(body.text, list), body.model or model, body.top_k or top_k)
     images = body.image if isinstance(body.image, list) else [body.image]
     decoded = [_decode_base64(value, position) for position, value in enumerate(images)]
-    return _Inputs("image", decoded, isinstance(body.image, list), body.model, body.top_k)
+    return PredictInputs("image", decoded, isinstance(body.image, list), body.model or model, body.top_k or top_k)
 
 
-async def _read_multipart(request: Request, settings: Settings) -> _Inputs:
+async def _read_multipart(request: Request, settings: Settings, model: str | None,
+                          top_k: int | None) -> PredictInputs:
+    """The images of a multipart body; its `model` and `top_k` fields before the query's."""
     try:
         form = await request.form(max_files=settings.max_items_per_request, max_fields=16)
     except StarletteHTTPException as exc:  # Starlette's 400 for too many files or fields, or a broken body
@@ -102,12 +97,12 @@ async def _read_multipart(request: Request, settings: Settings) -> _Inputs:
         if not uploads or not all(isinstance(item, UploadFile) for item in uploads):
             raise UnprocessableInput("multipart body needs one or more image files in the `file` field")
         images = [await upload.read() for upload in uploads]
-        model = form.get("model")
-        top_k = form.get("top_k")
+        form_model = form.get("model")
+        form_top_k = form.get("top_k")
     finally:
         await form.close()
-    return _Inputs("image", images, len(images) > 1, model if isinstance(model, str) else None,
-                   _parse_top_k(top_k, "form field top_k"))
+    return PredictInputs("image", images, len(images) > 1, (form_model if isinstance(form_model, str) else None) or model,
+                         _parse_top_k(form_top_k, "form field top_k") or top_k)
 
 
 def _parse_top_k(value: object, where: str) -> int | None:
@@ -120,31 +115,13 @@ def _parse_top_k(value: object, where: str) -> int | None:
     return int(value)
 
 
-def _check_limits(inputs: _Inputs, settings: Settings) -> None:
-    if not inputs.items:
-        raise UnprocessableInput(f"the list of {inputs.kind}s is empty")
-    if len(inputs.items) > settings.max_items_per_request:
-        raise UnprocessableInput(
-            f"{len(inputs.items)} {inputs.kind}s in one request; the limit is {settings.max_items_per_request}"
-        )
-    for position, item in enumerate(inputs.items):
-        if inputs.kind == "text":
-            if not item.strip():
-                raise UnprocessableInput(f"text {position} is empty")
-            if len(item) > settings.max_text_chars:
-                raise UnprocessableInput(
-                    f"text {position} has {len(item)} characters; the limit is {settings.max_text_chars}"
-                )
-        elif not item:
-            raise InvalidInput(f"image {position} is empty")
-
-
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
     tags=["predict"],
     summary="Classify an image or a text",
     openapi_extra=_OPENAPI_BODIES,
+    dependencies=[Depends(refuse_if_overloaded), Depends(require_api_key)],
     responses={
         400: {"description": "the input cannot be used (not an image, bad base64, wrong model kind), or no model "
                              "is named and its kind has several models and no default"},
@@ -161,32 +138,23 @@ async def predict(request: Request) -> Response:
 
     One input gets one prediction; a list (or several files) gets `predictions` in the same order.
     """
-    refuse_if_overloaded(request)
-    await require_api_key(request)
-    settings: Settings = request.app.state.settings
-    registry: ModelRegistry = request.app.state.registry
+    dataplane: DataPlane = request.app.state.dataplane
     model = request.query_params.get("model")
     top_k = _parse_top_k(request.query_params.get("top_k"), "query parameter top_k")
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "application/json":
-        inputs = await _read_json(request)
+        inputs = await _read_json(request, model, top_k)
     elif media_type == "multipart/form-data":
-        inputs = await _read_multipart(request, settings)
+        inputs = await _read_multipart(request, dataplane.settings, model, top_k)
     elif media_type.startswith("image/") or media_type == "application/octet-stream":
-        inputs = _Inputs("image", [await request.body()], False, None, None)
+        inputs = PredictInputs("image", [await request.body()], False, model, top_k)
     else:
         raise UnsupportedMediaType(
             f"unsupported Content-Type {media_type or '(none)'!r}: send application/json, "
             "multipart/form-data or an image/* body"
         )
-    _check_limits(inputs, settings)
-    served = registry.select(inputs.model or model, inputs.kind)
+    served = dataplane.predict_model(inputs)
     request.state.model = served.name
-    predictions = await served.predict(inputs.kind, inputs.items, inputs.top_k or top_k or settings.default_top_k,
-                                       request_deadline(request), client_gone(request))
-    if inputs.is_list:
-        answer = {"model": served.name, "version": served.config.version, "predictions": predictions}
-    else:
-        answer = {"model": served.name, "version": served.config.version, **predictions[0]}
-    # Built by the service itself, so it skips re-validation against `response_model` (kept for the docs).
+    answer = await dataplane.predict(served, inputs, request_deadline(request), client_gone(request))
+    # Built by the data plane, so it skips re-validation against `response_model` (kept for the docs).
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")

@@ -1,19 +1,19 @@
-"""The Open Inference Protocol v2 REST API (KServe / Triton), served through the same batchers."""
+"""The Open Inference Protocol v2 REST API (KServe / Triton): each route a thin call into the data plane
+(`app.dataplane`), with the protocol's JSON documents and binary extension (`app.transport.http.v2_codec`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.errors import InvalidInput, ModelNotFound
-from app.models.registry import ModelRegistry
-from app.models.served_model import NUMPY_DTYPES, ServedModel
+from app.dataplane.metadata import TensorMetadata
+from app.dataplane.plane import DataPlane
 from app.transport.http.dependencies import (
     client_gone,
-    get_registry,
+    get_dataplane,
     health_access,
     refuse_if_overloaded,
     request_deadline,
@@ -21,81 +21,54 @@ from app.transport.http.dependencies import (
     require_api_key,
 )
 from app.transport.http.routes.request_route import RequestRoute
-from app.transport.http.v2_codec import (
-    CONFIG_DTYPE_TO_DATATYPE,
-    HEADER_LENGTH,
-    InferenceRequest,
-    encode_response,
-    parse_request,
-)
+from app.transport.http.v2_codec import HEADER_LENGTH, InferenceRequest, encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 # `infer` is the hot path: a RequestRoute, documented by FastAPI but called directly (see request_route.py).
 infer_router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=RequestRoute)
-Registry = Annotated[ModelRegistry, Depends(get_registry)]
-SERVER_NAME = "onnx-classifier-serving"
-SERVER_VERSION = "0.1.0"
-
-
-def _model(registry: ModelRegistry, name: str, version: str | None) -> ServedModel:
-    model = registry.get(name)
-    if version is not None and version != str(model.config.version):
-        raise ModelNotFound(f"model {name!r} is served at version {model.config.version}, not {version!r}")
-    return model
-
-
-def _tensor_metadata(specs: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {"name": spec.name, "datatype": CONFIG_DTYPE_TO_DATATYPE[spec.dtype],
-         "shape": [dim if isinstance(dim, int) else -1 for dim in spec.shape]}
-        for spec in specs
-    ]
+Plane = Annotated[DataPlane, Depends(get_dataplane)]
 
 
 @router.get("")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
+async def server_metadata(dataplane: Plane) -> dict[str, Any]:
+    return asdict(dataplane.server_metadata())
 
 
 @router.get("/health/live", dependencies=[Depends(health_access)])
-async def server_live() -> dict[str, bool]:
-    return {"live": True}
+async def server_live(dataplane: Plane) -> dict[str, bool]:
+    return {"live": dataplane.live()}
 
 
 @router.get("/health/ready", responses={503: {"description": "not every configured model is ready"}},
             dependencies=[Depends(health_access)])
-async def server_ready(registry: Registry) -> JSONResponse:
-    ready = registry.ready
+async def server_ready(dataplane: Plane) -> JSONResponse:
+    ready = dataplane.ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 @router.get("/models/{name}", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_api_key)])
-async def model_metadata(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
-    model = _model(registry, name, version)
-    return {
-        "name": model.name,
-        "versions": [str(model.config.version)],
-        "platform": "onnxruntime_onnx",
-        "inputs": _tensor_metadata(model.config.inputs),
-        "outputs": _tensor_metadata(model.config.outputs),
-    }
+async def model_metadata(dataplane: Plane, name: str, version: str | None = None) -> dict[str, Any]:
+    return asdict(dataplane.model_metadata(name, version))
+
+
+def _config_tensors(tensors: list[TensorMetadata]) -> list[dict[str, Any]]:
+    return [{"name": tensor.name, "data_type": "TYPE_" + tensor.datatype, "dims": tensor.shape[1:]}
+            for tensor in tensors]
 
 
 @router.get("/models/{name}/config", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}/config", dependencies=[Depends(require_api_key)])
-async def model_config(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
+async def model_config(dataplane: Plane, name: str, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration extension: batching limit, tensors and labels."""
-    model = _model(registry, name, version)
+    config = dataplane.model_configuration(name, version)
     return {
-        "name": model.name,
-        "platform": "onnxruntime_onnx",
-        "max_batch_size": model.max_batch_size,
-        "input": [{"name": item["name"], "data_type": "TYPE_" + item["datatype"], "dims": item["shape"][1:]}
-                  for item in _tensor_metadata(model.config.inputs)],
-        "output": [{"name": item["name"], "data_type": "TYPE_" + item["datatype"], "dims": item["shape"][1:]}
-                   for item in _tensor_metadata(model.config.outputs)],
-        "parameters": {"labels": {"string_value": ",".join(model.config.labels)}},
+        "name": config.name,
+        "platform": config.platform,
+        "max_batch_size": config.max_batch_size,
+        "input": _config_tensors(config.inputs),
+        "output": _config_tensors(config.outputs),
+        "parameters": {"labels": {"string_value": ",".join(config.labels)}},
     }
 
 
@@ -103,32 +76,9 @@ async def model_config(registry: Registry, name: str, version: str | None = None
             dependencies=[Depends(health_access)])
 @router.get("/models/{name}/versions/{version}/ready", responses={503: {"description": "the model is not ready"}},
             dependencies=[Depends(health_access)])
-async def model_ready(registry: Registry, name: str, version: str | None = None) -> JSONResponse:
-    model = _model(registry, name, version)
-    return JSONResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
-
-
-def _rows(model: ServedModel, tensors: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Check the tensors against the model's inputs and split them into rows for the batcher."""
-    specs = {spec.name: spec for spec in model.config.inputs}
-    if set(tensors) != set(specs):
-        raise InvalidInput(f"model {model.name!r} takes inputs {sorted(specs)}; got {sorted(tensors)}")
-    batch = None
-    for name, array in tensors.items():
-        spec = specs[name]
-        if array.dtype != NUMPY_DTYPES[spec.dtype]:
-            raise InvalidInput(f"input {name!r} must be {CONFIG_DTYPE_TO_DATATYPE[spec.dtype]}")
-        fixed_ok = len(array.shape) == len(spec.shape) and all(
-            not isinstance(want, int) or got == want for got, want in zip(array.shape[1:], spec.shape[1:])
-        )
-        if not fixed_ok or array.shape[0] < 1 or 0 in array.shape:
-            raise InvalidInput(f"input {name!r} has shape {list(array.shape)}; the model takes "
-                               f"{[dim if isinstance(dim, int) else -1 for dim in spec.shape]}")
-        if batch is not None and array.shape[:2] != batch:
-            raise InvalidInput("all inputs must share their batch (and sequence) dimensions")
-        batch = array.shape[:2]
-    count = next(iter(tensors.values())).shape[0]
-    return [{name: array[index] for name, array in tensors.items()} for index in range(count)]
+async def model_ready(dataplane: Plane, name: str, version: str | None = None) -> JSONResponse:
+    readiness = dataplane.model_ready(name, version)
+    return JSONResponse(asdict(readiness), status_code=200 if readiness.ready else 503)
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
@@ -173,42 +123,43 @@ def _infer_openapi(*path_names: str) -> dict[str, Any]:
     }
 
 
-@infer_router.post("/models/{name}/infer", openapi_extra=_infer_openapi("name"))
-@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi("name", "version"))
+_INFER_DEPENDENCIES = [Depends(refuse_if_overloaded), Depends(require_api_key)]
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_infer_openapi("name"), dependencies=_INFER_DEPENDENCIES)
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi("name", "version"),
+                   dependencies=_INFER_DEPENDENCIES)
 async def infer(request: Request) -> Response:
     """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
-    refuse_if_overloaded(request)
-    await require_api_key(request)
-    registry: ModelRegistry = request.app.state.registry
-    name, version = request.path_params["name"], request.path_params.get("version")
+    dataplane: DataPlane = request.app.state.dataplane
     body = await request.body()
     # From here to the batcher's queue nothing awaits, so a model swap (POST .../load) cannot come between.
-    model = _model(registry, name, version)
+    model = dataplane.model(request.path_params["name"], request.path_params.get("version"))
     request.state.model = model.name
     inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    rows = _rows(model, tensors)
+    rows = dataplane.rows(model, tensors)
     output_names = tuple(item.name for item in inference.outputs or [])
-    answers = await model.infer(rows, output_names, request_deadline(request), client_gone(request))
-    outputs = {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
+    outputs = await dataplane.infer(model, rows, output_names, request_deadline(request), client_gone(request))
     body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:
         return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)})
+    return Response(body, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
 
 
 @router.post("/repository/models/{name}/load", dependencies=[Depends(require_admin_key)],
              responses={400: {"description": "the new version cannot be served; the old one keeps serving"},
                         403: {"description": "no API key is configured"}, 404: {"description": "no such model"}})
-async def load_model(registry: Registry, name: str) -> dict[str, Any]:
+async def load_model(dataplane: Plane, name: str) -> dict[str, Any]:
     """Serve the latest version of `name` in the repository: it loads and warms up beside the version
     serving, takes the traffic once ready, and the old version finishes its queue and is freed."""
-    model = await registry.load(name)
+    model = await dataplane.load(name)
     return {"name": model.name, "version": str(model.config.version), "state": model.state.value}
 
 
 @router.post("/repository/models/{name}/unload", dependencies=[Depends(require_admin_key)],
              responses={403: {"description": "no API key is configured"}, 404: {"description": "not loaded"}})
-async def unload_model(registry: Registry, name: str) -> dict[str, Any]:
+async def unload_model(dataplane: Plane, name: str) -> dict[str, Any]:
     """Stop serving `name`: queued requests are answered, later ones get 404."""
-    await registry.unload(name)
+    await dataplane.unload(name)
     return {"name": name, "state": "unloaded"}

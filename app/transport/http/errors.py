@@ -1,0 +1,139 @@
+"""The HTTP answer to every failure: each `app.errors` error's status code, headers and JSON body, and the
+FastAPI exception handlers that send them.
+
+Every error body is `{"error": "<message a user can act on>", "code": "<machine-readable kind>"}`;
+the `error` string is also what the Open Inference Protocol v2 expects. A 500 names an error id, and the log
+line with the same id (and the request id) has the cause: answers never show stack traces or host paths.
+Refusals (4xx, 503) are logged at debug level only, so shedding load stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from app.errors import (
+    ClientDisconnected,
+    Forbidden,
+    InferenceFailed,
+    InvalidInput,
+    ModelLoadFailed,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UnprocessableInput,
+    UnsupportedMediaType,
+)
+
+logger = logging.getLogger(__name__)
+
+# The status of each error class; a subclass answers with its nearest listed ancestor's.
+STATUS_CODES: dict[type[ServiceError], int] = {
+    ServiceError: 500,
+    InvalidInput: 400,
+    UnprocessableInput: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
+    ModelNotFound: 404,
+    ModelLoadFailed: 400,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unavailable: 503,
+    ClientDisconnected: 499,  # nginx's: nobody reads the answer; the status is for /metrics and the logs
+    InferenceFailed: 500,
+}
+
+
+def status_code_for(exc: ServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]  # cls is a ServiceError class here
+    raise TypeError(f"{type(exc).__name__} is not a ServiceError")
+
+
+def headers_for(exc: ServiceError) -> dict[str, str] | None:
+    """`Retry-After` for a refusal to retry, and the `WWW-Authenticate` challenge of RFC 6750 (which says when
+    a key was wrong) for a missing or wrong key."""
+    if isinstance(exc, Unavailable):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="model-serving"' + (', error="invalid_token"' if exc.key_given else "")}
+    return None
+
+
+def new_error_id() -> str:
+    return os.urandom(8).hex()
+
+
+def with_error_id(message: str, error_id: str) -> str:
+    return f"{message} (error id {error_id}; the server log has the cause)"
+
+
+def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status_code, headers=headers)
+
+
+def _describe_validation_errors(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(item) for item in error.get("loc", ()) if item != "body")
+        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def unexpected_error_response(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler took (a bug): a JSON 500 naming an error id, whose log line has
+    the traceback. The `RequestId` middleware sends it, so the connection stays open for the next request."""
+    error_id = new_error_id()
+    logger.error("unhandled error on %s %s, error id %s", method, path, error_id, exc_info=exc,
+                 extra={"error_id": error_id})
+    return error_response(500, ServiceError.code, with_error_id("internal server error", error_id))
+
+
+def _refusal(request: Request, status_code: int, code: str, message: str,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    """A 4xx or 503 answer, counted by kind (`RequestMetrics` reads `error_code`) and logged at debug level."""
+    request.state.error_code = code
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s %s answered %d %s: %s", request.method, request.url.path, status_code, code, message)
+    return error_response(status_code, code, message, headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every expected error with the JSON error body and no internals (unexpected ones: see above)."""
+
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if not isinstance(exc, InferenceFailed):
+            return _refusal(request, status_code_for(exc), exc.code, exc.message, headers_for(exc))
+        request.state.error_code = exc.code
+        error_id = new_error_id()
+        logger.error("%s %s failed, error id %s: %s", request.method, request.url.path, error_id, exc,
+                     extra={"error_id": error_id})
+        return error_response(STATUS_CODES[InferenceFailed], exc.code, with_error_id(exc.message, error_id))
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _refusal(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _refusal(request, STATUS_CODES[UnprocessableInput], UnprocessableInput.code,
+                        _describe_validation_errors(exc))
+
+    async def client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client left while the body was read (or the server cut it off, see app.transport.http.limits): nobody
+        # reads this answer, which counts it as a 499 in /metrics, like a request dropped from a queue.
+        return _refusal(request, STATUS_CODES[ClientDisconnected], ClientDisconnected.code,
+                        "the client closed the connection before the whole request was read")
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(ClientDisconnect, client_left)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
