@@ -6,7 +6,7 @@ A loader works in two steps, both blocking (call from a worker thread), each rai
 - `prepare(opened)` checks the graph against config.json, makes the text encoder, warms the model up and tunes
   it: the intra-op thread count and the batch size, each chosen by measurement (app.models.batch_tuning).
 
-The shared-inference loader (app.models.shared_inference) makes the same two steps from what the inference
+The front-end loader of `SERVE_SHARED_INFERENCE` (app.topology.front_end) makes the same two steps from what the inference
 process measured.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -36,7 +38,6 @@ from app.models.runtime import (
 )
 from app.models.text_encoding import TextEncoder
 from app.settings import Settings
-from app.topology.workers import one_worker_at_a_time
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -121,10 +122,12 @@ def _zero_row(config: ModelConfig) -> Row:
 class LocalLoader:
     """Loads a model version into an ONNX Runtime session in this process."""
 
-    def __init__(self, config: ModelConfig, directory: Path, settings: Settings) -> None:
+    def __init__(self, config: ModelConfig, directory: Path, settings: Settings,
+                 timing_turn: Callable[[], AbstractContextManager[None]]) -> None:
         self.config = config
         self.directory = directory
         self._settings = settings
+        self._timing_turn = timing_turn  # held while timing: the only process timing on these CPUs
         self._output_names = [spec.name for spec in config.outputs]
 
     def open(self) -> OpenedModel:
@@ -172,7 +175,7 @@ class LocalLoader:
             for _ in range(self._settings.warmup_runs):
                 run_warm_up_batch(pipeline, rows)
         search = self._settings.batch_size_search
-        with one_worker_at_a_time("warm-up-timing"):
+        with self._timing_turn():
             pipeline, threads = self._keep_the_faster_thread_count(opened, pipeline)
             curve = batch_tuning.measure(partial(run_warm_up_batch, pipeline),
                                          batch_tuning.candidate_sizes(configured) if search else [1])

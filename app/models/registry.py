@@ -6,17 +6,26 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
 from app.models.default_models import DefaultModelError, DefaultModels, Task
 from app.models.served_model import ModelFactory, ServedModel
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.topology.workers import WorkerBoard
 from model_repository import ModelRepositoryError, discover_models, latest_version, load_config, version_dir
 
 logger = logging.getLogger(__name__)
+
+
+class ReadinessBoard(Protocol):
+    """Where the worker processes say whether they are ready (app.topology.workers.WorkerBoard)."""
+
+    def publish(self, ready: bool) -> None: ...
+
+    def all_ready(self) -> bool: ...
+
+    def leave(self) -> None: ...
 
 
 class StartupFailed(RuntimeError):
@@ -43,11 +52,11 @@ class ModelRegistry:
     """Every configured model, whether it loaded or not, so health can say what is missing and why."""
 
     def __init__(self, settings: Settings, metrics: Metrics, make_model: ModelFactory,
-                 workers: WorkerBoard | None = None) -> None:
+                 workers: ReadinessBoard | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
         self.workers = workers  # the other worker processes, when there are several
-        self._make_model = make_model  # what each process's models are made of (app.models.model_factories)
+        self._make_model = make_model  # what each process's models are made of (app.topology.model_factories)
         self.models: dict[str, ServedModel] = {}
         self.failures: dict[str, str] = {}  # configured models that could not even be read from disk
         self.defaults = DefaultModels(settings.default_model_choice())

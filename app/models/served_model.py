@@ -1,6 +1,6 @@
 """One model version being served: its state, and its requests on their way through the batcher.
 
-A `ServedModel` is composed of parts chosen where it is made (app.models.model_factories):
+A `ServedModel` is composed of parts chosen where it is made (app.topology.model_factories):
 - a loader (app.models.loading) that makes the executor and tunes the batch caps, here or in the inference
   process;
 - an intake (app.models.intake) that says which metrics this process records of its requests, and when a batch
@@ -232,5 +232,5 @@ class ServedModel:
 
 
 # A model version's config and its directory in the repository, to the model that serves it: what each process's
-# models are made of (app.models.model_factories).
+# models are made of (app.topology.model_factories).
 ModelFactory = Callable[[ModelConfig, Path], ServedModel]

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from app.errors import ModelNotReady
-from app.models.model_factories import inference_process_models
 from app.models.registry import ModelRegistry
 from app.observability.logs import configure_logging
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology import inference_link
+from app.topology.model_factories import inference_process_models
 from app.topology.workers import INFERENCE, WorkerBoard
 
 logger = logging.getLogger(__name__)

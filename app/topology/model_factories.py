@@ -1,4 +1,5 @@
-"""How each process makes the models it serves: the loader and the intake a `ServedModel` is composed of.
+"""How each process of the topology makes the models it serves: the loader and the intake a `ServedModel`
+(app.models.served_model) is composed of.
 
 - `local_models`: one process, or each worker: sessions in this process, for this process's clients.
 - `front_end_models`: a front-end worker of `SERVE_SHARED_INFERENCE`: its clients' requests, whose batches run
@@ -8,17 +9,22 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from app.intake_load import IntakeLoad
 from app.models.intake import ClientIntake, WorkerBatchIntake
 from app.models.loading import LocalLoader
 from app.models.served_model import ModelFactory, ServedModel
-from app.models.shared_inference import InferenceProcessLoader
 from app.observability.metrics import Metrics
 from app.settings import Settings
+from app.topology.front_end import InferenceProcessLoader
 from app.topology.inference_link import InferenceClient, link_path
+from app.topology.workers import one_worker_at_a_time
 from model_repository import ModelConfig
+
+# Timings taken in several workers at once would measure their competition for the CPUs, not the model.
+_timing_turn = partial(one_worker_at_a_time, "warm-up-timing")
 
 
 def local_models(settings: Settings, metrics: Metrics, load: IntakeLoad) -> ModelFactory:
@@ -26,7 +32,7 @@ def local_models(settings: Settings, metrics: Metrics, load: IntakeLoad) -> Mode
     intake = ClientIntake(load)
 
     def make(config: ModelConfig, directory: Path) -> ServedModel:
-        return ServedModel(config, directory, LocalLoader(config, directory, settings), intake, settings, metrics)
+        return ServedModel(config, directory, LocalLoader(config, directory, settings, _timing_turn), intake, settings, metrics)
 
     return make
 
@@ -48,6 +54,6 @@ def inference_process_models(settings: Settings, metrics: Metrics) -> ModelFacto
     intake = WorkerBatchIntake()
 
     def make(config: ModelConfig, directory: Path) -> ServedModel:
-        return ServedModel(config, directory, LocalLoader(config, directory, settings), intake, settings, metrics)
+        return ServedModel(config, directory, LocalLoader(config, directory, settings, _timing_turn), intake, settings, metrics)
 
     return make

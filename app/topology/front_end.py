@@ -2,9 +2,10 @@
 batches its own requests, and each batch runs in the inference process (app.topology.inference_process),
 merged there with the batches of the other workers.
 
-`RemoteExecutor` sends a batch over the link and returns its outputs; `InferenceProcessLoader` loads nothing
-itself: it waits until the inference process has the model version ready, batches as that process measured,
-and sends warm-up batches of one through the link and back.
+`RemoteExecutor` is the executor (app.models.executors) that sends a batch over the link and returns its
+outputs; `InferenceProcessLoader` is the loader (app.models.loading) that loads nothing itself: it waits until
+the inference process has the model version ready, batches as that process measured, and sends warm-up batches
+of one through the link and back.
 """
 
 from __future__ import annotations
