@@ -132,7 +132,8 @@ def test_json_logs_carry_request_ids_and_no_secrets(json_logging_server: ServerP
                    for record in about), (request_id, about)
         if response.status_code >= 400:  # refusals are explained at debug level
             assert any(record["logger"] == "app.transport.http.errors" and record["level"] == "DEBUG" for record in about), about
-    assert all("request_id" not in record for record in records if record["logger"] == "app.models.served_model")
+    assert all("request_id" not in record for record in records
+               if record["logger"] in ("app.models.served_model", "app.models.loading"))
     text = json_logging_server.log_path.read_text()
     for secret in (*KEYS, WRONG_KEY, BODY_MARKER, image[100:140], "lovely"):
         assert secret not in text, f"{secret!r} is in the log"
