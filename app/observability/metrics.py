@@ -7,6 +7,9 @@ over the workers, each gauge combines as its `multiprocess_mode` says, and `proc
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Protocol
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -19,7 +22,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from app.topology.workers import WorkerBoard, WorkersProcessCollector
+from app.intake_load import IntakeLoad
+from app.observability.process_metrics import ProcessesCollector
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -33,10 +37,18 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class Metrics:
-    """All metrics the service exports at /metrics."""
+class SharedProcesses(Protocol):
+    """The worker processes whose metrics add up (app.topology.workers.WorkerBoard)."""
 
-    def __init__(self, workers: WorkerBoard | None = None) -> None:
+    directory: Path  # prometheus-client's multiprocess files
+
+    def pids(self) -> list[int]: ...
+
+
+class Metrics:
+    """All metrics the service exports at /metrics. They observe the service; nothing reads them back to decide."""
+
+    def __init__(self, workers: SharedProcesses | None = None) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.shared = workers is not None
@@ -48,7 +60,7 @@ class Metrics:
         else:  # the values live in the shared files; this registry only names the metrics
             self.exposition = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.exposition, path=str(workers.directory))
-            for collector in (PLATFORM_COLLECTOR, WorkersProcessCollector(workers)):
+            for collector in (PLATFORM_COLLECTOR, ProcessesCollector(workers.pids)):
                 self.exposition.register(collector)
         self.requests = Counter(
             "requests", "HTTP requests by route, model and status code.",
@@ -58,18 +70,11 @@ class Metrics:
             "request_duration_seconds", "End-to-end HTTP request latency.",
             ["route", "model"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
         )
-        # HTTP requests being handled, counted by the middleware on the event loop; the gauge reads it (or,
-        # with several workers, each worker writes its count and /metrics adds them up).
-        self._requests_in_flight = 0
+        # HTTP requests being handled (app.intake_load): see `follow_in_flight`.
         self.in_flight = Gauge(
             "requests_in_flight", "HTTP requests being handled.", namespace=NAMESPACE, registry=registry,
             multiprocess_mode="livesum",
         )
-        if not self.shared:
-            self.in_flight.set_function(lambda: self._requests_in_flight)
-        # How long the latest request waited unread (app.transport.http.arrival), which the batcher reads: a front end that is
-        # behind should not also run batches on its event loop.
-        self.read_delay_s = 0.0
         self.read_delay = Histogram(
             "request_read_delay_seconds",
             "Time a request waited unread, in the kernel's accept queue and socket buffer, before the server "
@@ -118,12 +123,9 @@ class Metrics:
             namespace=NAMESPACE, registry=registry, multiprocess_mode="livemin",
         )
 
-    @property
-    def requests_in_flight(self) -> int:
-        return self._requests_in_flight
-
-    @requests_in_flight.setter
-    def requests_in_flight(self, count: int) -> None:
-        self._requests_in_flight = count
-        if self.shared:
-            self.in_flight.set(count)
+    def follow_in_flight(self, intake: IntakeLoad) -> None:
+        """Make `requests_in_flight` read the intake's count as it is scraped. With several workers each worker
+        writes its count into the shared files instead, on every change (app.transport.http.middleware), and
+        /metrics adds them up."""
+        if not self.shared:
+            self.in_flight.set_function(lambda: intake.in_flight)

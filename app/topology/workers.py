@@ -12,16 +12,14 @@ The supervisor replaces a worker or inference process that dies; the replacement
 from __future__ import annotations
 
 import fcntl
-import operator
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client import ProcessCollector, multiprocess
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import multiprocess
 
+# Set by the `Workers` topology (app.topology.topology) before the workers start: prometheus-client reads it.
 SHARED_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER = "worker"
 INFERENCE = "inference"  # the one process holding the sessions, with SERVE_SHARED_INFERENCE
@@ -121,22 +119,3 @@ class WorkerBoard:
         """The workers and the inference process."""
         return sorted([*self.workers(), *self.inference_processes()])
 
-
-class WorkersProcessCollector(Collector):
-    """`process_*` metrics summed over every live worker (CPU seconds, memory, open files), under the names a
-    single process exports, so dashboards read the same series either way."""
-
-    def __init__(self, board: WorkerBoard) -> None:
-        self.board = board
-
-    def collect(self) -> Iterable[Metric]:
-        families: dict[str, Metric] = {}
-        for pid in self.board.pids():
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
-                kept = families.setdefault(family.name, family)
-                if kept is family:
-                    continue
-                combine = min if family.name.endswith(("start_time_seconds", "max_fds")) else operator.add
-                (total,), (sample,) = kept.samples, family.samples
-                kept.samples[0] = total._replace(value=combine(total.value, sample.value))
-        yield from families.values()

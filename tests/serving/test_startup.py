@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .conftest import CopyModels, StartServer
 from .faulty_model import FAULTY, build_faulty_model, dim_digit
 from .support import (
     ModelUnderTest,
+    ServerProcess,
     assert_json_error,
     assert_prediction,
     b64,
@@ -121,6 +124,28 @@ def test_closing_routes_without_a_key_is_refused(models_dir: Path, tmp_path: Pat
     status, log = exit_status(models_dir, tmp_path / "no-key", SERVE_PUBLIC_METRICS="false")
     assert status != 0, log
     assert "SERVE_PUBLIC_METRICS=false needs SERVE_API_KEY or SERVE_API_KEYS" in log, log
+
+
+# Entries that uvicorn's command line could be pointed at, and what each says as it refuses.
+UVICORN_ENTRIES = {
+    "app.__main__:create_served_app": "run `python -m app`",
+    "app.transport.http.application:create_app": "missing 2 required positional arguments: 'settings' and 'role'",
+}
+
+
+@pytest.mark.parametrize("entry", list(UVICORN_ENTRIES))
+@pytest.mark.parametrize("settings", [{}, {"SERVE_WORKERS": "2"}, {"SERVE_SHARED_INFERENCE": "true"}],
+                         ids=["one-process", "workers", "shared-inference"])
+def test_the_app_started_by_uvicorns_command_line_refuses_to_start(models_dir: Path, tmp_path: Path, entry: str,
+                                                                    settings: dict[str, str]) -> None:
+    """Only `python -m app` serves the settings as given: uvicorn's command line would serve one process without
+    the request head limits, the arrival stamps and the SIGTERM intake stop."""
+    env = ServerProcess(models_dir, tmp_path, settings).environment()
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", entry, "--port", "0"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    log = done.stdout + done.stderr
+    assert done.returncode == STARTUP_FAILURE, log
+    assert UVICORN_ENTRIES[entry] in log, log
 
 
 @pytest.mark.parametrize("how", ["overwritten", "renamed-over"])

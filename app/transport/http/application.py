@@ -10,12 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.dataplane.plane import DataPlane
-from app.models.front_end_model import FrontEndModel
+from app.intake_load import IntakeLoad
 from app.models.registry import ModelRegistry
-from app.models.served_model import ServedModel
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.topology.workers import WorkerBoard, shared_directory
+from app.topology.model_factories import front_end_models, local_models
+from app.topology.roles import ServerRole
 from app.transport.http.api_docs import install_api_docs
 from app.transport.http.errors import install_error_handlers
 from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
@@ -33,15 +33,16 @@ Image and text classifiers served with ONNX Runtime and dynamic batching.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Models load in the background after start-up; `/health/ready` says when."""
-    settings = settings or Settings()
-    directory = shared_directory()
-    shared_inference = settings.shared_inference and directory is not None
-    workers = (WorkerBoard(directory, settings.workers, shared_inference=shared_inference)
-               if directory is not None and (settings.workers > 1 or shared_inference) else None)
+def create_app(settings: Settings, role: ServerRole) -> FastAPI:
+    """Build the service for one server process playing `role` in the topology `python -m app` chose (alone,
+    or one of several workers). Models load in the background after start-up; `/health/ready` says when."""
+    workers = role.board()
+    load = IntakeLoad()
     metrics = Metrics(workers)
-    registry = ModelRegistry(settings, metrics, workers, FrontEndModel if shared_inference else ServedModel)
+    metrics.follow_in_flight(load)
+    make_model = (front_end_models(settings, metrics, load, role.directory)
+                  if role.shared_inference and role.directory is not None else local_models(settings, metrics, load))
+    registry = ModelRegistry(settings, metrics, make_model, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               if isinstance(route, RequestRoute)]
     app.add_middleware(DirectRoutes, routes=direct, exception_handlers=app.exception_handlers)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, load=load)
     app.add_middleware(RequestId)
     return app

@@ -3,8 +3,11 @@
 A server process that is behind leaves new connections in the kernel's accept queue and their bytes in socket
 buffers, where no queue bound or deadline of its own sees them. Linux keeps, for each TCP connection, the time
 since it last received data (`tcpi_last_data_recv` of `TCP_INFO`, in milliseconds); read as the request's head
-is parsed, it is how long the request waited before the server read it. The deadline then counts from the
-request's arrival, and a request that waited too long is refused before any work is done for it.
+is parsed, it is how long the request waited before the server read it.
+
+The server's protocol (app.transport.http.limits) stamps each request with its `arrival_time`, as
+`received_at` (`RECEIVED_AT`) in the ASGI scope's `state`; the request's deadline and the overload refusal count from it
+(app.transport.http.deadlines).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import socket
 import struct
 import time
 from typing import Any
+
+RECEIVED_AT = "received_at"  # the key of the arrival time in the ASGI scope's `state`
 
 # struct tcp_info (linux/tcp.h): eight one-byte fields, nine 32-bit counters, then tcpi_last_data_sent,
 # tcpi_last_ack_sent and tcpi_last_data_recv, in milliseconds.
@@ -39,3 +44,4 @@ def kernel_wait_s(sock: Any) -> float:
 def arrival_time(sock: Any) -> float:
     """The `time.perf_counter()` value at which the data now being read on `sock` reached the machine."""
     return time.perf_counter() - kernel_wait_s(sock)
+

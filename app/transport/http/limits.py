@@ -13,8 +13,8 @@ trailers), with a few bytes per chunk for the chunks' framing on top.
 The defaults, 64 KiB and 100 fields, are Envoy's (60 KiB, 100) rounded up, so whatever a proxy in front
 forwards is accepted; Apache and gunicorn allow 100 fields too, nginx about 32 KiB of head.
 
-It also stamps each request with the time its head arrived (`app.transport.http.arrival`) as `received_at` in the scope's
-`state` (`request.state.received_at`), from which its deadline counts.
+It also stamps each request with the time its head arrived (`app.transport.http.arrival`), from which its
+deadline counts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.transport.http.arrival import arrival_time
+from app.transport.http.arrival import RECEIVED_AT, arrival_time
 from app.transport.http.middleware import REQUEST_ID_HEADER, request_id_for
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -107,7 +107,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._over_limit = True
             raise _HeadTooLarge  # httptools stops; uvicorn calls send_400_response
         # The request arrived when its head did: a client slow to send it has not kept the server waiting.
-        self.scope["state"]["received_at"] = arrival_time(self._socket)
+        self.scope["state"][RECEIVED_AT] = arrival_time(self._socket)
         if any(name == b"transfer-encoding" for name, _ in self.headers):
             self._after_head, self._chunks, self._body_bytes, self._trailer_fields = 0, 0, 0, 0
         super().on_headers_complete()

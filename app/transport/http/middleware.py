@@ -12,8 +12,10 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, ServiceError
+from app.intake_load import IntakeLoad
 from app.observability.logs import REQUEST_ID
 from app.observability.metrics import Metrics
+from app.transport.http.arrival import RECEIVED_AT
 from app.transport.http.errors import unexpected_error_response
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -69,9 +71,12 @@ class RequestMetrics:
     """Counts requests and errors and times them, labelled by route template (never the raw path), and notes
     how long each request waited unread (`app.transport.http.arrival`)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, load: IntakeLoad) -> None:
         self.app = app
         self.metrics = metrics
+        self.load = load  # the intake's control state (app.intake_load), which this middleware keeps
+        # With several workers, each writes its in-flight count for /metrics to add up (Metrics.follow_in_flight).
+        self._write_in_flight = metrics.in_flight.set if metrics.shared else None
         # The labelled series of each (route, model, status), looked up once: a lookup by label costs as much
         # as the observation. Bounded: route templates, served models and status codes.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -90,10 +95,9 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
-        received_at = scope.get("state", {}).get("received_at")
-        if received_at is not None:
-            self.metrics.read_delay_s = started - received_at
-            self.metrics.read_delay.observe(self.metrics.read_delay_s)
+        load = self.load
+        load.read_delay_s = started - scope["state"][RECEIVED_AT]
+        self.metrics.read_delay.observe(load.read_delay_s)
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -101,7 +105,9 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        self.metrics.requests_in_flight += 1
+        load.in_flight += 1
+        if self._write_in_flight is not None:
+            self._write_in_flight(load.in_flight)
         unhandled = False
         try:
             await self.app(scope, receive, send_with_status)
@@ -109,7 +115,9 @@ class RequestMetrics:
             unhandled = True  # answered with a 500 by RequestId, outside this middleware
             raise
         finally:
-            self.metrics.requests_in_flight -= 1
+            load.in_flight -= 1
+            if self._write_in_flight is not None:
+                self._write_in_flight(load.in_flight)
             route = getattr(scope.get("route"), "path", "unmatched")
             state = scope.get("state", {})
             model = state.get("model", "")

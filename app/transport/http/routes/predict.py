@@ -15,10 +15,8 @@ from app.dataplane.plane import DataPlane
 from app.dataplane.predict import PredictInputs
 from app.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
 from app.settings import Settings
+from app.transport.http.deadlines import client_gone, refuse_if_overloaded, request_deadline
 from app.transport.http.dependencies import (
-    client_gone,
-    refuse_if_overloaded,
-    request_deadline,
     require_api_key,
 )
 from app.transport.http.routes.request_route import RequestRoute

@@ -11,12 +11,10 @@ from fastapi.responses import JSONResponse
 
 from app.dataplane.metadata import TensorMetadata
 from app.dataplane.plane import DataPlane
+from app.transport.http.deadlines import client_gone, refuse_if_overloaded, request_deadline
 from app.transport.http.dependencies import (
-    client_gone,
     get_dataplane,
     health_access,
-    refuse_if_overloaded,
-    request_deadline,
     require_admin_key,
     require_api_key,
 )

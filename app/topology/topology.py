@@ -1,0 +1,94 @@
+"""The service's processes, chosen once at start-up from the settings by `choose_topology`:
+
+- `SingleProcess`: one uvicorn server (`SERVE_WORKERS=1`).
+- `Workers`: uvicorn's supervisor with `SERVE_WORKERS` server processes on one port (app.topology.reuse_port),
+  sharing a fresh directory for metrics and readiness (app.topology.workers); with `SERVE_SHARED_INFERENCE`, also
+  the inference process whose batches they feed (app.topology.inference_process).
+
+Each hands its server processes their `ServerRole` (app.topology.roles) before uvicorn starts them, and serves
+the app factory it is given with the uvicorn options it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+from app.settings import Settings
+from app.topology.inference_process import InferenceProcess
+from app.topology.reuse_port import reserve_port
+from app.topology.roles import ServerRole
+from app.topology.workers import SHARED_DIRECTORY_ENV
+
+logger = logging.getLogger(__name__)
+
+
+class SingleProcess:
+    """One server process, with its own metrics and readiness."""
+
+    role = ServerRole(workers=1, directory=None, shared_inference=False)
+
+    def run(self, factory: str, options: dict[str, Any]) -> None:
+        """Serve `factory` (uvicorn's import string) until stopped; exit as uvicorn does when start-up fails."""
+        self.role.hand_over()
+        uvicorn.run(factory, factory=True, **options)
+
+
+class Workers:
+    """`count` server processes on one port, and the inference process when `shared_inference`; this process
+    supervises them, replacing any that dies."""
+
+    def __init__(self, count: int, *, shared_inference: bool, graceful_shutdown_s: float) -> None:
+        self.count = count
+        self.shared_inference = shared_inference
+        self.graceful_shutdown_s = graceful_shutdown_s
+
+    def run(self, factory: str, options: dict[str, Any]) -> None:
+        """Serve `factory` in every worker until stopped; exit with uvicorn's start-up failure status when a
+        worker fails to start."""
+        host, port = options["host"], options["port"]
+        # Each worker listens on a socket of its own (app.topology.reuse_port); this one only keeps the port reserved.
+        try:
+            reserved = reserve_port(host, port)
+        except OSError as exc:
+            logger.error("cannot serve on %s:%d: %s", host, port, exc)
+            sys.exit(STARTUP_FAILURE)
+        # Made before the workers start: prometheus-client reads its location when each worker imports it.
+        directory = Path(tempfile.mkdtemp(prefix="modelserver-workers-"))
+        os.environ[SHARED_DIRECTORY_ENV] = str(directory)
+        ServerRole(self.count, directory, self.shared_inference).hand_over()
+        inference = InferenceProcess(directory) if self.shared_inference else None
+        if inference is not None:
+            inference.start()  # the workers wait for it as they load
+        logger.info("serving on http://%s:%d with %d workers%s", host, port, self.count,
+                    " and an inference process" if inference is not None else "")
+        supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=self.count, **options),
+                                  sockets=[reserved])
+        try:
+            supervisor.run()
+        finally:
+            if inference is not None:  # after the workers: they drained through it
+                inference.stop(self.graceful_shutdown_s)
+            reserved.close()
+            shutil.rmtree(directory, ignore_errors=True)
+        # uvicorn's supervisor stops when a worker fails to start (SERVE_STRICT_STARTUP), but returns as from a
+        # clean stop: exit as a single process would, so that a process manager sees the failure.
+        if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+            sys.exit(STARTUP_FAILURE)
+
+
+def choose_topology(settings: Settings) -> SingleProcess | Workers:
+    """The processes the settings ask for."""
+    if settings.workers == 1 and not settings.shared_inference:
+        return SingleProcess()
+    return Workers(settings.workers, shared_inference=settings.shared_inference,
+                   graceful_shutdown_s=settings.graceful_shutdown_s)
