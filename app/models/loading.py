@@ -201,10 +201,10 @@ class LocalLoader:
         share, every = opened.intra_op_threads, usable_cpus()
         if opened.provider != CPU or self._settings.intra_op_threads or share >= every:
             return pipeline, share
+        every_executor = LocalExecutor(self._create_session(every), self._output_names)
         candidates = {
             share: pipeline,
-            every: RequestPipeline(self.config, LocalExecutor(self._create_session(every), self._output_names),
-                                   pipeline.encoder, pipeline.max_image_pixels),
+            every: RequestPipeline(self.config, every_executor, pipeline.encoder, pipeline.max_image_pixels),
         }
         fastest = batch_tuning.fastest_runs({threads: partial(run_warm_up_batch, candidate, 1)
                                              for threads, candidate in candidates.items()})

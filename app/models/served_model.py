@@ -31,7 +31,7 @@ from app.models.batch_tuning import BatchTiming
 from app.models.batcher import Batcher
 from app.models.intake import Intake, inline_rule
 from app.models.loading import ModelLoader, PreparedModel, configured_max_batch_size, threads_per_session
-from app.models.request_pipeline import RequestPipeline, Row, WorkRequest
+from app.models.request_pipeline import Row, WorkRequest
 from app.models.runtime import CPU, ProviderUnavailable
 from app.models.text_encoding import TextEncoder
 from app.observability.metrics import Metrics
@@ -120,13 +120,11 @@ class ServedModel:
         metrics, name, settings = self._metrics, self.name, self._settings
         executor = self._prepared.pipeline.executor
         records_runs, records_requests = executor.records_session_runs, self._intake.records_requests
-        batch_sizes, queue_waits = metrics.batch_size.labels(name), metrics.queue_wait.labels(name)
-        pipeline = self._prepared.pipeline
         # This model's histograms, looked up once: a lookup by label costs as much as the observation.
-        serving = RequestPipeline(
-            self.config, executor, pipeline.encoder, pipeline.max_image_pixels,
-            preprocess_seconds=metrics.preprocess_duration.labels(name) if records_requests else None,
-            inference_seconds=metrics.inference_duration.labels(name) if records_runs else None,
+        batch_sizes, queue_waits = metrics.batch_size.labels(name), metrics.queue_wait.labels(name)
+        pipeline = self._prepared.pipeline.recorded(
+            metrics.preprocess_duration.labels(name) if records_requests else None,
+            metrics.inference_duration.labels(name) if records_runs else None,
         )
 
         def on_batch(rows: int, waits: list[float]) -> None:
@@ -138,7 +136,7 @@ class ServedModel:
 
         self._batcher = Batcher(
             name,
-            serving.run_batch,
+            pipeline.run_batch,
             max_batch_size=self.max_batch_size,
             max_queue_size=settings.max_queue_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
