@@ -1,9 +1,9 @@
 """Batch sizes chosen by measurement: time a model at batch sizes 1, 2, 4, ... at warm-up, and cap batches
 at the largest size that keeps items per second near the best measured.
 
-Bigger batches are not always faster per item on a CPU (MiniLM-L6 at 128 tokens peaks near 8 rows on two
-cores and loses 12% at 32), and a batch past that point only makes its requests wait longer. On a plateau
-the largest size is kept: it costs nothing per item and the fewer batches save per-batch overhead.
+Bigger batches are not always faster per item on a CPU (docs/benchmarks.md), and a batch past that point only
+makes its requests wait longer. On a plateau the largest size is kept: it costs nothing per item and the fewer
+batches save per-batch overhead.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ def fastest_runs(runs: Mapping[Key, Callable[[], None]]) -> dict[Key, float]:
 
     The callables take turns (MIN_RUNS rounds over all of them, each run for at least its share of
     MIN_SECONDS_PER_SIZE per round), so a burst of load from elsewhere slows every one a little rather than
-    one a lot: on a flat curve a noisy batch size would otherwise cap batches far below the plateau. (A
-    simulated flat curve with a 0.6 s burst of 3x slowdown at ten different moments: timed one size after
-    another, the search picked 16 or 32 instead of 64 three times; taking turns, never.)
+    one a lot: on a flat curve a noisy batch size would otherwise cap batches far below the plateau
+    (docs/benchmarks.md).
     """
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(MIN_RUNS):

@@ -154,7 +154,7 @@ class Batcher(Generic[RequestT, ResultT]):
         self._arrival.set()
         if self._on_queue_change:
             self._on_queue_change(len(self._queue))
-        # A plain timer rather than asyncio.timeout(), which cost 12% of the event loop's time under load.
+        # A plain timer rather than asyncio.timeout(), which cost the event loop much more (docs/benchmarks.md).
         expiry = loop.call_later(deadline - time.perf_counter(), self._expire, pending)
         try:
             return await pending.future

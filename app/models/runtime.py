@@ -22,9 +22,8 @@ CUDA = "CUDAExecutionProvider"
 _ALIASES = {"cpu": CPU, "cuda": CUDA}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-# cuDNN's default exhaustive search costs 60-250 ms the first time each new input shape runs (measured on an
-# H100 with the bundled CNN), and dynamic batching makes new shapes all the time; the heuristic choice costs
-# about 11 ms once and ran as fast afterwards.
+# cuDNN's default exhaustive search costs much more the first time each new input shape runs than its heuristic
+# choice, which then runs as fast (docs/benchmarks.md), and dynamic batching makes new shapes all the time.
 DEFAULT_PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 
