@@ -41,7 +41,7 @@ MAX_DIMENSION = 2**31 - 1
 Row = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TensorHead:
     """A tensor's declared name, datatype and shape, checked: `dtype` and `count` (values it holds) follow."""
 
