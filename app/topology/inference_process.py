@@ -15,6 +15,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology import inference_link
 from app.topology.model_factories import inference_process_models
-from app.topology.workers import INFERENCE, WorkerBoard
+from app.topology.workers import INFERENCE, WARM_UP_TIMING, WorkerBoard, one_worker_at_a_time
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ async def _serve(settings: Settings, directory: Path, stop_receiver: Connection)
     board = WorkerBoard(directory, 1, role=INFERENCE)
     board.publish(False)
     metrics = Metrics()
-    registry = ModelRegistry(settings, metrics, inference_process_models(settings, metrics))
+    timing_turn = partial(one_worker_at_a_time, directory, WARM_UP_TIMING)
+    registry = ModelRegistry(settings, metrics, inference_process_models(settings, metrics, timing_turn))
     registry.discover()
     server = await inference_link.serve(inference_link.link_path(directory), _Answers(registry, settings).answer)
     loop = asyncio.get_running_loop()

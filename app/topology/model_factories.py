@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from app.intake_load import IntakeLoad
@@ -20,19 +21,19 @@ from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology.front_end import InferenceProcessLoader
 from app.topology.inference_link import InferenceClient, link_path
-from app.topology.workers import one_worker_at_a_time
 from model_repository import ModelConfig
 
-# Timings taken in several workers at once would measure their competition for the CPUs, not the model.
-_timing_turn = partial(one_worker_at_a_time, "warm-up-timing")
+# Held while a model times its batch sizes and threads (app.topology.workers.one_worker_at_a_time).
+TimingTurn = Callable[[], AbstractContextManager[None]]
 
 
-def local_models(settings: Settings, metrics: Metrics, load: IntakeLoad) -> ModelFactory:
-    """Models whose sessions run here, for this process's clients, whose intake is as busy as `load`."""
+def local_models(settings: Settings, metrics: Metrics, load: IntakeLoad, timing_turn: TimingTurn) -> ModelFactory:
+    """Models whose sessions run here, for this process's clients, whose intake is as busy as `load`; each
+    times itself at warm-up in its `timing_turn`."""
     intake = ClientIntake(load)
 
     def make(config: ModelConfig, directory: Path) -> ServedModel:
-        return ServedModel(config, directory, LocalLoader(config, directory, settings, _timing_turn), intake, settings, metrics)
+        return ServedModel(config, directory, LocalLoader(config, directory, settings, timing_turn), intake, settings, metrics)
 
     return make
 
@@ -49,11 +50,12 @@ def front_end_models(settings: Settings, metrics: Metrics, load: IntakeLoad, sha
     return make
 
 
-def inference_process_models(settings: Settings, metrics: Metrics) -> ModelFactory:
-    """Models whose sessions run here, for the batches of the front-end workers."""
+def inference_process_models(settings: Settings, metrics: Metrics, timing_turn: TimingTurn) -> ModelFactory:
+    """Models whose sessions run here, for the batches of the front-end workers; each times itself at warm-up
+    in its `timing_turn`."""
     intake = WorkerBatchIntake()
 
     def make(config: ModelConfig, directory: Path) -> ServedModel:
-        return ServedModel(config, directory, LocalLoader(config, directory, settings, _timing_turn), intake, settings, metrics)
+        return ServedModel(config, directory, LocalLoader(config, directory, settings, timing_turn), intake, settings, metrics)
 
     return make

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from app.topology.workers import WorkerBoard
+from app.topology.workers import WARM_UP_TIMING, WorkerBoard, one_worker_at_a_time
 
 ROLE_ENV = "MODELSERVER_SERVER_ROLE"
 NOT_HANDED_OVER = (f"no {ROLE_ENV}: the app is served by `python -m app`, which chooses the processes from the "
@@ -45,6 +48,12 @@ class ServerRole:
         if self.directory is None:
             return None
         return WorkerBoard(self.directory, self.workers, shared_inference=self.shared_inference)
+
+    def timing_turn(self) -> Callable[[], AbstractContextManager[None]]:
+        """The turn this process waits for to time its models at warm-up: one worker at a time; alone, at once."""
+        if self.directory is None:
+            return nullcontext
+        return partial(one_worker_at_a_time, self.directory, WARM_UP_TIMING)
 
     def hand_over(self) -> None:
         """Set the role for the server processes started from here on."""

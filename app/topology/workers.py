@@ -22,13 +22,8 @@ from prometheus_client import multiprocess
 # Set by the `Workers` topology (app.topology.topology) before the workers start: prometheus-client reads it.
 SHARED_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER = "worker"
+WARM_UP_TIMING = "warm-up-timing"  # the lock the processes take turns at to time their models at warm-up
 INFERENCE = "inference"  # the one process holding the sessions, with SERVE_SHARED_INFERENCE
-
-
-def shared_directory() -> Path | None:
-    """The directory the workers share, or None when the service runs as one process."""
-    value = os.environ.get(SHARED_DIRECTORY_ENV)
-    return Path(value) if value else None
 
 
 def _alive(pid: int) -> bool:
@@ -42,14 +37,10 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def one_worker_at_a_time(name: str) -> Iterator[None]:
-    """Run the block in one worker at a time (an exclusive lock on a file named `name` in the shared
-    directory); in a single process, just run it. The workers start together, and timings taken in several of
-    them at once would measure their competition for the CPUs, not the model."""
-    directory = shared_directory()
-    if directory is None:
-        yield
-        return
+def one_worker_at_a_time(directory: Path, name: str) -> Iterator[None]:
+    """Run the block in one process at a time among those sharing `directory` (an exclusive lock on a file
+    named `name` in it). The workers start together, and timings taken in several of them at once would
+    measure their competition for the CPUs, not the model."""
     with (directory / f"{name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

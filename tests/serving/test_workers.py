@@ -22,7 +22,7 @@ import pytest
 
 from app.models.batch_tuning import TOLERANCE
 from app.models.runtime import usable_cpus
-from app.topology.workers import SHARED_DIRECTORY_ENV, one_worker_at_a_time
+from app.topology.workers import WARM_UP_TIMING, one_worker_at_a_time
 
 from .conftest import CopyModels, StartServer
 from .support import (
@@ -233,21 +233,18 @@ def test_sigterm_drains_every_worker(start_server: StartServer, copy_models: Cop
 def test_warm_up_timings_take_turns_across_workers(tmp_path: Path) -> None:
     """Workers start together; timing batch sizes and thread counts in two at once would measure their
     competition for the CPUs. A second worker's timing waits until the first one's is done."""
-    env = {**os.environ, SHARED_DIRECTORY_ENV: str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
-    other_worker = ("import time\nfrom app.topology.workers import one_worker_at_a_time\nprint('waiting', flush=True)\n"
-                    "with one_worker_at_a_time('warm-up-timing'):\n    print(time.monotonic(), flush=True)\n")
-    os.environ[SHARED_DIRECTORY_ENV] = str(tmp_path)
-    try:
-        with one_worker_at_a_time("warm-up-timing"):
-            other = subprocess.Popen([sys.executable, "-c", other_worker], env=env, cwd=REPO_ROOT,
-                                     stdout=subprocess.PIPE, text=True)
-            assert other.stdout is not None
-            assert other.stdout.readline().strip() == "waiting"
-            time.sleep(0.5)
-            assert other.poll() is None, "the other worker's search ran while this one's was running"
-            released = time.monotonic()
-        started = float(other.stdout.readline())
-        assert other.wait(30) == 0
-    finally:
-        del os.environ[SHARED_DIRECTORY_ENV]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    other_worker = ("import sys, time\nfrom pathlib import Path\nfrom app.topology.workers import WARM_UP_TIMING, "
+                    "one_worker_at_a_time\nprint('waiting', flush=True)\n"
+                    "with one_worker_at_a_time(Path(sys.argv[1]), WARM_UP_TIMING):\n    print(time.monotonic(), flush=True)\n")
+    with one_worker_at_a_time(tmp_path, WARM_UP_TIMING):
+        other = subprocess.Popen([sys.executable, "-c", other_worker, str(tmp_path)], env=env, cwd=REPO_ROOT,
+                                 stdout=subprocess.PIPE, text=True)
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)
+        assert other.poll() is None, "the other worker's search ran while this one's was running"
+        released = time.monotonic()
+    started = float(other.stdout.readline())
+    assert other.wait(30) == 0
     assert started >= released

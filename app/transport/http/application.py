@@ -41,7 +41,8 @@ def create_app(settings: Settings, role: ServerRole) -> FastAPI:
     metrics = Metrics(workers)
     metrics.follow_in_flight(load)
     make_model = (front_end_models(settings, metrics, load, role.directory)
-                  if role.shared_inference and role.directory is not None else local_models(settings, metrics, load))
+                  if role.shared_inference and role.directory is not None
+                  else local_models(settings, metrics, load, role.timing_turn()))
     registry = ModelRegistry(settings, metrics, make_model, workers)
 
     @asynccontextmanager
