@@ -98,6 +98,10 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class IntakeStopped(ShuttingDown):
+    """This server stopped taking requests (SIGTERM): the client's next request should go to another server."""
+
+
 class Overloaded(Unavailable):
     """The request waited unread longer than `SERVE_OVERLOAD_WAIT_S`: the process is behind."""
 

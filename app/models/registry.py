@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.errors import InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady, ShuttingDown
+from app.errors import IntakeStopped, InvalidInput, ModelLoadFailed, ModelNotFound, ModelNotReady
 from app.models.default_models import DefaultModelError, DefaultModels, Task
 from app.models.served_model import ModelFactory, ServedModel
 from app.observability.metrics import Metrics
@@ -197,12 +197,9 @@ class ModelRegistry:
             self.workers.publish(False)
 
     def _refuse_when_stopping(self) -> None:
-        """Once stop_intake() was called, raise ShuttingDown, with `Connection: close` so that the client's
-        next request opens a new connection, to another server."""
+        """Once stop_intake() was called, raise IntakeStopped."""
         if self.stopping:
-            refusal = ShuttingDown("this server is shutting down; retry, another one will answer")
-            refusal.headers = {**(refusal.headers or {}), "Connection": "close"}
-            raise refusal
+            raise IntakeStopped("this server is shutting down; retry, another one will answer")
 
     @property
     def ready_here(self) -> bool:

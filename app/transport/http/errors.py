@@ -22,6 +22,7 @@ from app.errors import (
     ClientDisconnected,
     Forbidden,
     InferenceFailed,
+    IntakeStopped,
     InvalidInput,
     ModelLoadFailed,
     ModelNotFound,
@@ -60,8 +61,11 @@ def status_code_for(exc: ServiceError) -> int:
 
 
 def headers_for(exc: ServiceError) -> dict[str, str] | None:
-    """`Retry-After` for a refusal to retry, and the `WWW-Authenticate` challenge of RFC 6750 (which says when
-    a key was wrong) for a missing or wrong key."""
+    """`Retry-After` for a refusal to retry (with `Connection: close` from a server that stopped its intake, so
+    that the client's next request opens a new connection, to another server), and the `WWW-Authenticate`
+    challenge of RFC 6750 (which says when a key was wrong) for a missing or wrong key."""
+    if isinstance(exc, IntakeStopped):
+        return {"Retry-After": str(exc.retry_after), "Connection": "close"}
     if isinstance(exc, Unavailable):
         return {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, Unauthorized):
