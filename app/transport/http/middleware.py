@@ -69,7 +69,9 @@ class RequestId:
 
 class RequestMetrics:
     """Counts requests and errors and times them, labelled by route template (never the raw path), and notes
-    how long each request waited unread (`app.transport.http.arrival`)."""
+    how long each request waited unread (`app.transport.http.arrival`). It also keeps the intake's load
+    (`app.intake_load`: requests in flight, the latest read delay), which the batching reads; the metrics only
+    observe it."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, load: IntakeLoad) -> None:
         self.app = app
