@@ -5,9 +5,9 @@ buffers, where no queue bound or deadline of its own sees them. Linux keeps, for
 since it last received data (`tcpi_last_data_recv` of `TCP_INFO`, in milliseconds); read as the request's head
 is parsed, it is how long the request waited before the server read it.
 
-The server's protocol (app.transport.http.limits) stamps each request with its `arrival_time`, as
-`received_at` (`RECEIVED_AT`) in the ASGI scope's `state`; the request's deadline and the overload refusal count from it
-(app.transport.http.deadlines).
+The server's protocol (app.transport.http.limits) stamps each request with its `arrival_time`, under
+`RECEIVED_AT` in the ASGI scope's `state`; the request's deadline and the overload refusal count from it
+(app.transport.http.deadlines), and the intake's read delay (app.intake_load) is measured from it.
 """
 
 from __future__ import annotations
