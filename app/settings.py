@@ -12,7 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every knob of the service. Each field is set by `SERVE_<FIELD NAME IN CAPITALS>`."""
+    """Every knob of the service. Each field is set by `SERVE_<FIELD NAME IN CAPITALS>`.
+
+    Over 150 lines because it is one field per knob, each with the description the README's table repeats;
+    the service keeps one settings object rather than one per package."""
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", env_file=".env", extra="ignore")
 

@@ -62,7 +62,12 @@ class _Pending(Generic[RequestT]):
 
 
 class Batcher(Generic[RequestT, ResultT]):
-    """Queues requests for one model and runs them in batches on a dedicated worker thread."""
+    """Queues requests for one model and runs them in batches on a dedicated worker thread.
+
+    Over 150 lines because the queue, the deadline refusals, the inline-or-thread choice and the drain share
+    one piece of state (what is queued and what is running) that each must read and change in the same step
+    of the event loop; split apart, each part would reach into the others'. Which requests a batch takes is
+    apart already (app.models.batch_selection)."""
 
     def __init__(
         self,

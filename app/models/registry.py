@@ -49,7 +49,11 @@ async def _run_in_daemon_thread(function: Callable[[], None], name: str) -> None
 
 
 class ModelRegistry:
-    """Every configured model, whether it loaded or not, so health can say what is missing and why."""
+    """Every configured model, whether it loaded or not, so health can say what is missing and why.
+
+    Over 150 lines because discovery, loading, the version swap, unloading, draining and lookup all change or
+    read one mapping of served models under one lock, and keep the readiness board in step; what is a kind's
+    default lives apart (app.models.default_models)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, make_model: ModelFactory,
                  workers: ReadinessBoard | None = None) -> None:

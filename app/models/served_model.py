@@ -60,7 +60,10 @@ class ModelState(str, Enum):
 
 
 class ServedModel:
-    """Loads, warms up and answers for one model version through its dynamic batcher."""
+    """Loads, warms up and answers for one model version through its dynamic batcher.
+
+    A little over 150 lines: it is the facade the registry and the data plane use (state, status, the batch
+    caps /models reports, predict and infer), and each of those is a few lines over its parts."""
 
     def __init__(self, config: ModelConfig, directory: Path, loader: ModelLoader, intake: Intake,
                  settings: Settings, metrics: Metrics) -> None:
