@@ -1,7 +1,7 @@
-"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT, in the processes the settings ask for
-(app.topology.topology), with the request head limits and arrival stamps (app.transport.http.limits) and the
-SIGTERM intake stop (app.topology.shutdown). It is the one supported way to run the service: the app factory
-refuses to start in a process it did not hand a role to."""
+"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT (HTTPS with SERVE_TLS_*: app.topology.tls), in
+the processes the settings ask for (app.topology.topology), with the request head limits and arrival stamps
+(app.transport.http.limits) and the SIGTERM intake stop (app.topology.shutdown). It is the one supported way to
+run the service: the app factory refuses to start in a process it did not hand a role to."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.observability.logs import configure_logging
 from app.settings import Settings
 from app.topology.roles import NoRoleHandedOver, ServerRole
 from app.topology.shutdown import defer_sigterm
+from app.topology.tls import TlsUnusable, tls_options
 from app.topology.topology import choose_topology
 from app.transport.http.application import create_app
 from app.transport.http.limits import LimitedHttpToolsProtocol
@@ -59,6 +60,11 @@ def main() -> None:
         "http": LimitedHttpToolsProtocol,
         "h11_max_incomplete_event_size": settings.max_header_bytes,  # the head limit LimitedHttpToolsProtocol applies
     }
+    try:
+        options |= tls_options(settings)
+    except TlsUnusable as exc:
+        logger.error("%s", exc)
+        sys.exit(STARTUP_FAILURE)
     choose_topology(settings).run(APP_FACTORY, options)
 
 

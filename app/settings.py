@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     api_docs: bool = Field(
         default=True, description="/docs, /redoc, /openapi.json and their assets; false: all of them answer 404"
     )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) to serve HTTPS with, read at start-up; needs tls_key_file. Unset: "
+        "plain HTTP (TLS at the ingress or proxy)",
+    )
+    tls_key_file: Path | None = Field(default=None, description="the PEM private key of tls_cert_file")
 
     # Start-up, logging and shutdown.
     strict_startup: bool = Field(
@@ -146,6 +152,17 @@ class Settings(BaseSettings):
         if closed and not self.api_key_digests:
             raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY or SERVE_API_KEYS")
         return self
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("SERVE_TLS_CERT_FILE and SERVE_TLS_KEY_FILE go together: set both for HTTPS, or neither")
+        return self
+
+    @property
+    def url_scheme(self) -> Literal["http", "https"]:
+        """`https` when the service serves TLS itself (tls_cert_file and tls_key_file), else `http`."""
+        return "https" if self.tls_cert_file is not None else "http"
 
     _auto_workers_reason: str | None = PrivateAttr(default=None)
 

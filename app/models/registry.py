@@ -122,8 +122,8 @@ class ModelRegistry:
                 self._open(model)
         if self.ready_here:  # said before /health/ready can answer 200
             worker = "" if self.workers is None else " (this worker; /health/ready is 200 once every worker is)"
-            logger.info("ready: serving %s on http://%s:%d%s", ", ".join(sorted(self.models)),
-                        self._settings.host, self._settings.port, worker)
+            logger.info("ready: serving %s on %s://%s:%d%s", ", ".join(sorted(self.models)),
+                        self._settings.url_scheme, self._settings.host, self._settings.port, worker)
         if self.workers is not None:
             self.workers.publish(self.ready_here)
 

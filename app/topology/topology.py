@@ -6,7 +6,8 @@
   the inference process whose batches they feed (app.topology.inference_process).
 
 Each hands its server processes their `ServerRole` (app.topology.roles) before uvicorn starts them, and serves
-the app factory it is given with the uvicorn options it is given.
+the app factory it is given with the uvicorn options it is given, TLS ones included (app.topology.tls): uvicorn's
+supervisor wraps each worker's pre-bound socket in TLS as a single server does.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class Workers:
     """`count` server processes on one port, and the inference process when `shared_inference`; this process
     supervises them, replacing any that dies."""
 
-    def __init__(self, count: int, *, shared_inference: bool, graceful_shutdown_s: float) -> None:
+    def __init__(self, count: int, *, shared_inference: bool, graceful_shutdown_s: float,
+                 url_scheme: str) -> None:
         self.count = count
+        self.url_scheme = url_scheme  # for the log line: the TLS options come with the uvicorn options
         self.shared_inference = shared_inference
         self.graceful_shutdown_s = graceful_shutdown_s
 
@@ -69,7 +72,7 @@ class Workers:
         inference = InferenceProcess(directory) if self.shared_inference else None
         if inference is not None:
             inference.start()  # the workers wait for it as they load
-        logger.info("serving on http://%s:%d with %d workers%s", host, port, self.count,
+        logger.info("serving on %s://%s:%d with %d workers%s", self.url_scheme, host, port, self.count,
                     " and an inference process" if inference is not None else "")
         supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=self.count, **options),
                                   sockets=[reserved])
@@ -91,4 +94,4 @@ def choose_topology(settings: Settings) -> SingleProcess | Workers:
     if settings.workers == 1 and not settings.shared_inference:
         return SingleProcess()
     return Workers(settings.workers, shared_inference=settings.shared_inference,
-                   graceful_shutdown_s=settings.graceful_shutdown_s)
+                   graceful_shutdown_s=settings.graceful_shutdown_s, url_scheme=settings.url_scheme)

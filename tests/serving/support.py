@@ -247,7 +247,7 @@ class ServerProcess:
                  what: str = "a condition", fail: bool = True) -> bool:
         """Poll `condition` until it holds; fail with the server's log if it does not within `timeout`."""
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+        with self.client(timeout=5.0) as client:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     break
