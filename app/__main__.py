@@ -13,6 +13,7 @@ import sys
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
+from app import keys_command
 from app.observability.logs import configure_logging
 from app.settings import Settings
 from app.topology.roles import NoRoleHandedOver, ServerRole
@@ -69,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["keys"]:  # `python -m app keys add ...`: app.keys_command
+        sys.exit(keys_command.main(sys.argv[2:]))
     main()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -89,7 +87,14 @@ class Settings(BaseSettings):
     )
     api_keys: SecretStr | None = Field(
         default=None,
-        description="comma-separated keys accepted as well as api_key, all at once (rotation without downtime)",
+        description="comma-separated keys accepted as well as api_key, all at once; with api_key, each of role "
+        "admin (ids env-1, env-2, ...): keep them for existing deployments, move to api_keys_file",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="TOML keys file (`[[key]]` id, sha256, role infer|admin, optional models), used with "
+        "api_key(s); re-read within about a second of a change, a malformed one keeps the previous keys "
+        "(README, Security)",
     )
     public_health: bool = Field(default=True, description="health routes answer without a key; false: they need one")
     public_metrics: bool = Field(default=True, description="/metrics answers without a key; false: it needs one")
@@ -149,8 +154,9 @@ class Settings(BaseSettings):
     def _closed_routes_need_a_key(self) -> Settings:
         closed = [name for name, public in (("health", self.public_health), ("metrics", self.public_metrics))
                   if not public]
-        if closed and not self.api_key_digests:
-            raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY or SERVE_API_KEYS")
+        if closed and not self.keys_configured:
+            raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY, SERVE_API_KEYS or "
+                             "SERVE_API_KEYS_FILE")
         return self
 
     @model_validator(mode="after")
@@ -188,10 +194,10 @@ class Settings(BaseSettings):
             keys += [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
         return keys
 
-    @cached_property
-    def api_key_digests(self) -> tuple[bytes, ...]:
-        """SHA-256 of every accepted key: equal-length values for a constant-time comparison."""
-        return tuple(dict.fromkeys(hashlib.sha256(key.encode()).digest() for key in self.accepted_api_keys()))
+    @property
+    def keys_configured(self) -> bool:
+        """Whether any key source is set: api_key, api_keys or api_keys_file."""
+        return bool(self.accepted_api_keys()) or self.api_keys_file is not None
 
     @field_validator("default_models")
     @classmethod

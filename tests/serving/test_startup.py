@@ -123,7 +123,7 @@ def test_strict_startup_serves_when_every_model_loads(start_server: StartServer,
 def test_closing_routes_without_a_key_is_refused(models_dir: Path, tmp_path: Path) -> None:
     status, log = exit_status(models_dir, tmp_path / "no-key", SERVE_PUBLIC_METRICS="false")
     assert status != 0, log
-    assert "SERVE_PUBLIC_METRICS=false needs SERVE_API_KEY or SERVE_API_KEYS" in log, log
+    assert "SERVE_PUBLIC_METRICS=false needs SERVE_API_KEY, SERVE_API_KEYS or SERVE_API_KEYS_FILE" in log, log
 
 
 # Entries that uvicorn's command line could be pointed at, and what each says as it refuses.

@@ -38,7 +38,7 @@ UNAUTHORIZED = {"description": "missing or wrong API key"}
 def needs_key(route: APIRoute, access: AccessPolicy, settings: Settings) -> bool:
     """Whether a request to `route` must carry an API key under `settings`: one of its declared access
     dependencies (`ACCESS_OPERATIONS`) is for an operation that needs one."""
-    if not settings.api_key_digests:
+    if not settings.keys_configured:
         return False
     return any(access.requires_key(ACCESS_OPERATIONS[depends.dependency]) for depends in route.dependencies
                if depends.dependency in ACCESS_OPERATIONS)

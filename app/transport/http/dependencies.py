@@ -30,20 +30,28 @@ def _given_key(request: Request) -> str | None:
 
 
 def _check_access(request: Request, operation: Operation) -> None:
-    """The data plane's access check (`app.dataplane.access`) with the key the request carries."""
+    """The data plane's access check (`app.dataplane.access`) with the key the request carries and the model
+    its path names; the accepted key is kept as `request.state.api_key` (None when none was needed) for the
+    route to check a model it chooses itself (`check_chosen_model`)."""
     access: AccessPolicy = request.app.state.dataplane.access
+    request.state.api_key = None
     if access.requires_key(operation):
-        access.check(_given_key(request), operation)
+        request.state.api_key = access.check(_given_key(request), operation, request.path_params.get("name"))
+
+
+def check_chosen_model(request: Request, model: str) -> None:
+    """`Forbidden` unless the request's key may use `model`, the one the route chose (the default one)."""
+    AccessPolicy.check_model(request.state.api_key, model)
 
 
 async def require_api_key(request: Request) -> None:
-    """Model operations: a key, when keys are configured (`SERVE_API_KEY`, `SERVE_API_KEYS`)."""
+    """Model operations: a key, when keys are configured (`SERVE_API_KEY(S)`, `SERVE_API_KEYS_FILE`)."""
     _check_access(request, Operation.MODELS)
 
 
 async def require_admin_key(request: Request) -> None:
-    """Repository operations (loading and unloading models) always need a key: with none configured they are
-    closed."""
+    """Repository operations (loading and unloading models) always need a key of role admin: with none
+    configured they are closed."""
     _check_access(request, Operation.REPOSITORY)
 
 

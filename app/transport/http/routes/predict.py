@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app.dataplane.plane import DataPlane
 from app.transport.http.deadlines import client_gone, refuse_if_overloaded, request_deadline
-from app.transport.http.dependencies import require_api_key
+from app.transport.http.dependencies import check_chosen_model, require_api_key
 from app.transport.http.predict_codec import read_inputs
 from app.transport.http.routes.request_route import RequestRoute
 from app.transport.http.schemas import MAX_TOP_K, BatchPredictResponse, PredictRequest, PredictResponse
@@ -62,6 +62,7 @@ _OPENAPI_BODIES = {
         404: {"description": "no such model, or no model is named and its kind's default is not loaded"},
         413: {"description": "body or image too large"},
         415: {"description": "unsupported Content-Type"},
+        403: {"description": "the key's model scope excludes the model (the default one included)"},
         422: {"description": "malformed request"},
         503: {"description": "model not ready, queue full, deadline passed or shutting down (see Retry-After)"},
     },
@@ -76,6 +77,7 @@ async def predict(request: Request) -> Response:
     inputs = await read_inputs(request, dataplane.settings)
     served = dataplane.predict_model(inputs)
     request.state.model = served.name
+    check_chosen_model(request, served.name)  # the key's model scope, the default model included
     answer = await dataplane.predict(served, inputs, request_deadline(request), client_gone(request))
     # Built by the data plane, so it skips re-validation against `response_model` (kept for the docs).
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")

@@ -147,7 +147,7 @@ async def infer(request: Request) -> Response:
 
 @router.post("/repository/models/{name}/load", dependencies=[Depends(require_admin_key)],
              responses={400: {"description": "the new version cannot be served; the old one keeps serving"},
-                        403: {"description": "no API key is configured"}, 404: {"description": "no such model"}})
+                        403: {"description": "no API key is configured, or the key is not admin or its models exclude this one"}, 404: {"description": "no such model"}})
 async def load_model(dataplane: Plane, name: str) -> dict[str, Any]:
     """Serve the latest version of `name` in the repository: it loads and warms up beside the version
     serving, takes the traffic once ready, and the old version finishes its queue and is freed."""
@@ -156,7 +156,7 @@ async def load_model(dataplane: Plane, name: str) -> dict[str, Any]:
 
 
 @router.post("/repository/models/{name}/unload", dependencies=[Depends(require_admin_key)],
-             responses={403: {"description": "no API key is configured"}, 404: {"description": "not loaded"}})
+             responses={403: {"description": "no API key is configured, or the key is not admin or its models exclude this one"}, 404: {"description": "not loaded"}})
 async def unload_model(dataplane: Plane, name: str) -> dict[str, Any]:
     """Stop serving `name`: queued requests are answered, later ones get 404."""
     await dataplane.unload(name)
