@@ -152,11 +152,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _closed_routes_need_a_key(self) -> Settings:
-        closed = [name for name, public in (("health", self.public_health), ("metrics", self.public_metrics))
-                  if not public]
-        if closed and not self.keys_configured:
-            raise ValueError(f"SERVE_PUBLIC_{closed[0].upper()}=false needs SERVE_API_KEY, SERVE_API_KEYS or "
-                             "SERVE_API_KEYS_FILE")
+        if not self.public_health and not self.accepted_api_keys():
+            raise ValueError("SERVE_PUBLIC_HEALTH=false needs SERVE_API_KEY or SERVE_API_KEYS: the health check "
+                             "(python -m app.healthcheck) sends one of them, and a keys file holds only hashes")
+        if not self.public_metrics and not self.keys_configured:
+            raise ValueError("SERVE_PUBLIC_METRICS=false needs SERVE_API_KEY, SERVE_API_KEYS or SERVE_API_KEYS_FILE")
         return self
 
     @model_validator(mode="after")

@@ -228,3 +228,14 @@ def test_malformed_keys_file_fails_startup(models_dir: Path, image_model: ModelU
     assert status != 0, log
     assert named in log, log
     assert "k1" not in log.replace(str(tmp_path), "")
+
+
+def test_closed_health_needs_a_key_the_health_check_can_send(models_dir: Path, tmp_path: Path) -> None:
+    """A keys file holds only hashes, so closing the health routes with no plain key would leave the
+    container's health check unable to pass: refused at start-up, saying what to set."""
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(table("root", KEYS["root"], "admin"))
+    status, log = exit_status(models_dir, tmp_path / "server", SERVE_API_KEYS_FILE=str(keys_file),
+                              SERVE_PUBLIC_HEALTH="false")
+    assert status != 0, log
+    assert "SERVE_PUBLIC_HEALTH=false needs SERVE_API_KEY or SERVE_API_KEYS" in log, log
