@@ -6,7 +6,6 @@ run the service: the app factory refuses to start in a process it did not hand a
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 
@@ -48,9 +47,6 @@ def main() -> None:
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; a drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     configure_logging(settings.log_level, settings.log_format)
-    if settings.auto_workers_reason is not None:
-        logger.info("SERVE_WORKERS=auto: %d worker(s), %s", settings.workers, settings.auto_workers_reason)
-        os.environ["SERVE_WORKERS"] = str(settings.workers)  # the workers take this count, not their own reading
     options = {
         "host": settings.host,
         "port": settings.port,

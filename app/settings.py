@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         default=1,
         description="server processes on the one port, each with its own sessions and batchers and 1/N of "
         "the CPUs; `auto`: one per usable CPU (at most 8), or one where the sessions ask for CUDA "
-        "(app.topology.worker_count). More pay under load (docs/benchmarks.md); 1 stays the default because a "
+        "(app.topology.worker_count, resolved once by `python -m app`). More pay under load (docs/benchmarks.md); 1 stays the default because a "
         "repository load or unload reaches one worker only and each worker holds its own copy of the models "
         "(README, Several worker processes)",
     )
@@ -170,22 +170,13 @@ class Settings(BaseSettings):
         """`https` when the service serves TLS itself (tls_cert_file and tls_key_file), else `http`."""
         return "https" if self.tls_cert_file is not None else "http"
 
-    _auto_workers_reason: str | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _resolve_auto_workers(self) -> Settings:
-        """`workers=auto` becomes a number here, the same in every process (app.topology.worker_count)."""
-        if self.workers == "auto":
-            from app.topology.worker_count import auto_workers  # imports ONNX Runtime: only when asked for
-
-            choice = auto_workers(self.providers)
-            self.workers, self._auto_workers_reason = choice.count, choice.reason
-        return self
-
     @property
-    def auto_workers_reason(self) -> str | None:
-        """Why `SERVE_WORKERS=auto` chose `workers` processes; None when the setting named a number."""
-        return self._auto_workers_reason
+    def worker_count(self) -> int:
+        """`workers` as a number. `python -m app` turns `auto` into one (app.topology.topology) before any
+        server process reads its settings, so only a process it did not start can meet `auto` here."""
+        if self.workers == "auto":
+            raise RuntimeError("SERVE_WORKERS=auto is resolved by `python -m app` before the server processes start")
+        return self.workers
 
     def accepted_api_keys(self) -> list[str]:
         """`api_key` and every key of `api_keys`, in that order."""

@@ -79,13 +79,13 @@ def configured_max_batch_size(config: ModelConfig, settings: Settings) -> int:
 
 def threads_per_session(settings: Settings) -> int:
     """The intra-op threads of a model's first session: the setting, else this worker's share of the CPUs."""
-    return settings.intra_op_threads or cpus_per_worker(settings.workers)
+    return settings.intra_op_threads or cpus_per_worker(settings.worker_count)
 
 
 def on_a_single_cpu(provider: str, settings: Settings) -> bool:
     """Whether the model runs on the CPU in a process with one CPU; if so, the tokenizer is told to run on this
     thread, since its thread pool would only take turns with this thread on the one CPU."""
-    single_cpu = provider == CPU and cpus_per_worker(settings.workers) == 1
+    single_cpu = provider == CPU and cpus_per_worker(settings.worker_count) == 1
     if single_cpu:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return single_cpu

@@ -28,6 +28,7 @@ from app.settings import Settings
 from app.topology.inference_process import InferenceProcess
 from app.topology.reuse_port import reserve_port
 from app.topology.roles import ServerRole
+from app.topology.worker_count import auto_workers
 from app.topology.workers import SHARED_DIRECTORY_ENV
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,16 @@ class Workers:
 
 
 def choose_topology(settings: Settings) -> SingleProcess | Workers:
-    """The processes the settings ask for."""
-    if settings.workers == 1 and not settings.shared_inference:
+    """The processes the settings ask for. `SERVE_WORKERS=auto` becomes a number here (app.topology.worker_count),
+    logged with its reason and handed to the server processes in their environment, so every one of them reads
+    the same count."""
+    count = settings.workers
+    if count == "auto":
+        choice = auto_workers(settings.providers)
+        logger.info("SERVE_WORKERS=auto: %d worker(s), %s", choice.count, choice.reason)
+        os.environ["SERVE_WORKERS"] = str(choice.count)
+        count = choice.count
+    if count == 1 and not settings.shared_inference:
         return SingleProcess()
-    return Workers(settings.workers, shared_inference=settings.shared_inference,
+    return Workers(count, shared_inference=settings.shared_inference,
                    graceful_shutdown_s=settings.graceful_shutdown_s, url_scheme=settings.url_scheme)

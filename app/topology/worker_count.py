@@ -6,7 +6,8 @@ options name and each would hold a CUDA context of its own there (serve several 
 Otherwise one worker per CPU the process may use (app.models.runtime.usable_cpus: affinity and cgroup quota), at most
 MAX_AUTO_WORKERS: each worker holds its own copy of every model and its own ONNX Runtime arenas, so memory
 grows with the count, and past that many processes a host is better served by more pods or servers.
-Every process that reads the settings resolves `auto` the same way (same affinity, quota and providers).
+`python -m app` resolves `auto` once (app.topology.topology.choose_topology) and hands the number to the server
+processes it starts.
 """
 
 from __future__ import annotations

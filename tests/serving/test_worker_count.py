@@ -1,6 +1,6 @@
 """`SERVE_WORKERS=auto`: one worker per usable CPU, at most MAX_AUTO_WORKERS, and one where the sessions ask
-for CUDA; the settings hold the number it chose, the start-up log says it and why, and a server started with it
-answers."""
+for CUDA; `python -m app` resolves it once and hands the number to its server processes, the start-up log says
+it and why, and a server started with it answers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.models.runtime import usable_cpus
 from app.settings import Settings
 from app.topology import worker_count
+from app.topology.topology import Workers, choose_topology
 from app.topology.worker_count import MAX_AUTO_WORKERS, auto_workers
 
 from .conftest import StartServer
@@ -37,14 +38,18 @@ def test_auto_is_one_worker_where_the_sessions_ask_for_cuda(monkeypatch: pytest.
     assert "CUDAExecutionProvider" in choice.reason
 
 
-def test_the_settings_hold_the_number_auto_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_topology_resolves_auto_and_hands_the_number_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_count, "usable_cpus", lambda: 3)
+    monkeypatch.delenv("SERVE_WORKERS", raising=False)
     settings = Settings(_env_file=None, workers="auto", providers="cpu")
-    assert settings.workers == 3
-    assert settings.auto_workers_reason == auto_workers("cpu").reason
+    assert settings.workers == "auto"
+    with pytest.raises(RuntimeError, match="resolved by `python -m app`"):
+        settings.worker_count  # noqa: B018 - the property raises
+    chosen = choose_topology(settings)
+    assert isinstance(chosen, Workers) and chosen.count == 3
+    assert Settings(_env_file=None).worker_count == 3  # what each server process reads
     named = Settings(_env_file=None, workers=2)
-    assert (named.workers, named.auto_workers_reason) == (2, None)
-    assert Settings(_env_file=None).workers == 1
+    assert named.worker_count == 2
     for wrong in (0, "many"):
         with pytest.raises(ValidationError):
             Settings(_env_file=None, workers=wrong)
