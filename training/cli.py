@@ -1,4 +1,4 @@
-"""Command line: `python -m training {image,text,default-models,sample-photos} --help`."""
+"""Command line: `python -m training {image,text,default-models,reference,sample-photos} --help`."""
 
 from __future__ import annotations
 
@@ -332,6 +332,29 @@ def _defaults_parser(subparsers) -> None:
     )
 
 
+def _reference_parser(subparsers) -> None:
+    from training.defaults import DEFAULT_MODELS
+
+    parser = subparsers.add_parser(
+        "reference",
+        help="write reference.json of a bundled model's version, without retraining",
+        description="Run the version's ONNX model on the data its bundled recipe holds out, as the server "
+        "answers (preprocessing, softmax, top-1), and write the reference profile (predicted-label counts, "
+        "top-1 confidence histogram, 5th-percentile confidence, accuracy) to reference.json beside "
+        f"config.json. Bundled models: {', '.join(DEFAULT_MODELS)}. Versions that training publishes "
+        "carry their reference already.",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, required=True, help="the version folder, e.g. models/sst2-textcnn/1"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("../shared/data"),
+        help="folder holding mnist/ and sst2/ (default: ../shared/data; the photo model needs none)",
+    )
+
+
 def _photos_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sample-photos",
@@ -356,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_parser(subparsers)
     _text_parser(subparsers)
     _defaults_parser(subparsers)
+    _reference_parser(subparsers)
     _photos_parser(subparsers)
     return parser
 
@@ -382,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             split = write_photo_folder(arguments.directory, arguments.train_views, arguments.test_views, arguments.seed)
             print(f"train photos: {', '.join(split['train'])}\nheld-out photos: {', '.join(split['test'])}")
+        elif arguments.command == "reference":
+            from training.defaults import write_bundled_reference
+
+            print(write_bundled_reference(arguments.model_dir, arguments.data_dir))
         else:
             from training.defaults import build_default_models
 

@@ -34,6 +34,7 @@ from training.models.efficientnet_lite import load_efficientnet_lite0
 from training.models.resnet import ResNet
 from training.options import ImageOptions
 from training.publish import TrainedModel, publish_model
+from training.reference import ReferenceSet, held_out_set
 from training.repository import resolve_version
 from training.runtime import default_workers, resolve_device, seed_everything
 
@@ -159,6 +160,18 @@ def split_dataset(
     return train, validation, test, description
 
 
+def test_loader_of(test: LabelledImages, spec: ImagePreprocessing, batch_size: int) -> DataLoader:
+    return DataLoader(ImageExamples(test, eval_transform(spec)), batch_size=batch_size)
+
+
+def held_out_reference_set(options: ImageOptions, spec: ImagePreprocessing) -> ReferenceSet:
+    """The held-out split `run_image` evaluates with these options, for a model already published with
+    preprocessing `spec`."""
+    _, _, test, description = split_dataset(load_dataset(options), options)
+    batch_size = options.batch_size or ARCH_DEFAULTS[options.arch]["batch_size"]
+    return held_out_set(test_loader_of(test, spec, batch_size), description)
+
+
 def run_image(options: ImageOptions) -> Path:
     """Train, evaluate on the held-out split, export and publish; returns the version folder."""
     check_model_options(options)
@@ -193,7 +206,7 @@ def run_image(options: ImageOptions) -> Path:
         **loader_args,
     )
     val_loader = DataLoader(ImageExamples(validation, eval_transform(spec)), **loader_args)
-    test_loader = DataLoader(ImageExamples(test, eval_transform(spec)), batch_size=batch_size)
+    test_loader = test_loader_of(test, spec, batch_size)
     print(
         f"{dataset.name}: {len(train)} train / {len(validation)} validation / {len(test)} test images, "
         f"{len(labels)} classes, {spec.color_mode} {spec.width}x{spec.height}, on {device}",
@@ -227,6 +240,7 @@ def run_image(options: ImageOptions) -> Path:
         test_loader=test_loader,
         metrics=metrics,
         fit=result,
+        reference_set=held_out_set(test_loader, split_description),
         calibration=calibration,
         training={
             "dataset": str(options.idx_dir or options.image_folder or f"offline:{options.offline}"),

@@ -19,9 +19,9 @@ from training.image_spec import INPUT_NAME, choose_preprocessing, describe_model
 from training.models.efficientnet_lite import load_efficientnet_lite0
 from training.options import ImageOptions
 from training.publish import TrainedModel, publish_model
+from training.reference import sample_photo_set
 from training.repository import resolve_version
 
-PHOTO_BATCH = 8
 CALIBRATION_VIEWS = 4  # random views of each photo: the INT8 calibration set
 
 
@@ -48,14 +48,16 @@ def calibration_batches(spec: ImagePreprocessing, seed: int) -> list[InputBatch]
 
 
 def export_imagenet_classifier(options: ImageOptions) -> Path:
-    """Publish EfficientNet-Lite0 with its ImageNet weights and 1,000 labels; parity and the INT8/float16
-    comparison run on the real sample photos, center-cropped as the server does."""
+    """Publish EfficientNet-Lite0 with its ImageNet weights and 1,000 labels; parity, the INT8/float16
+    comparison and the reference profile (`sample_photos`) run on the real sample photos, center-cropped as
+    the server does."""
     version = resolve_version(options.models_dir, options.name, options.version, options.overwrite)
     spec = choose_preprocessing(options, None)
     labels = imagenet_labels()
     model = load_efficientnet_lite0(len(labels), pretrained=True).eval()
     photos = sample_photos()
-    parity = _batches([image_to_array(photo, spec) for photo in photos.values()], PHOTO_BATCH)
+    reference_set = sample_photo_set(spec)
+    parity = [batch for batch, _ in reference_set.batches]
     top1 = _top1_per_photo(model, list(photos), parity, labels)
     print(f"{len(photos)} sample photos, top-1: {top1}", file=sys.stderr)
     trained = TrainedModel(
@@ -70,6 +72,7 @@ def export_imagenet_classifier(options: ImageOptions) -> Path:
         metrics=None,
         fit=None,
         calibration=calibration_batches(spec, options.seed) if options.quantize else None,
+        reference_set=reference_set,
         training={
             "dataset": f"none: ImageNet-1k weights as published; checked on {len(photos)} sample photos "
             "of scikit-image and scikit-learn",

@@ -1,5 +1,5 @@
-"""After training: plots, ONNX export and checks, optional INT8 or float16 conversion, config and
-publication."""
+"""After training: plots, ONNX export and checks, optional INT8 or float16 conversion, the reference profile
+of the published ONNX model (reference.json), config and publication."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from model_repository import (
     TextPreprocessing,
     file_sha256,
 )
+from model_repository.reference import write_reference
 from training.errors import ExportError
 from training.evaluate import compute_metrics
 from training.export import (
@@ -42,6 +43,7 @@ from training.loop import FitResult
 from training.options import CommonOptions
 from training.plots import plot_confusion_matrix, plot_training_curves
 from training.quantize import convert_fp16, quantize_dynamic_int8, quantize_static_qdq
+from training.reference import ReferenceSet, reference_profile
 from training.report import print_summary
 from training.repository import publish, staging_dir
 
@@ -50,7 +52,8 @@ from training.repository import publish, staging_dir
 class TrainedModel:
     """Everything a task hands over once training and PyTorch evaluation are done. A model exported as
     published, with no labelled data (`test_loader`, `metrics` and `fit` None), is compared on its
-    `parity_batches` alone."""
+    `parity_batches` alone. `reference_set` is what the published model's reference profile is computed
+    on: the held-out split, or the sample photos for a model without one."""
 
     task: Literal["image", "text"]
     model: nn.Module
@@ -63,6 +66,7 @@ class TrainedModel:
     metrics: EvaluationMetrics | None
     fit: FitResult | None
     training: dict[str, Any]
+    reference_set: ReferenceSet
     calibration: list[InputBatch] | None = None
     extra_check: Callable[[ort.InferenceSession], str] | None = None
     write_files: Callable[[Path], None] | None = None
@@ -185,6 +189,12 @@ def _build_version(trained: TrainedModel, options: CommonOptions, version: int, 
         else:
             shutil.copyfile(fp32_path, model_path)
     facts["ONNX file"] = f"{model_path.stat().st_size / 1e6:.2f} MB"
+    reference = reference_profile(open_session(model_path), trained.reference_set, trained.labels, "logits")
+    write_reference(staging, reference)
+    facts["reference.json"] = (
+        f"{reference.num_samples} {reference.source} samples, 5th-percentile confidence "
+        f"{reference.low_confidence_threshold:.3f}"
+    )
     if trained.write_files is not None:
         trained.write_files(staging)
     if metrics is not None:

@@ -28,6 +28,7 @@ from training.models.transformer import bundled_minilm_dir, load_transformer_cla
 from training.options import TextOptions
 from training.preprocessing import pad_rows, prepare_tokenizer, tokenize
 from training.publish import TrainedModel, publish_model
+from training.reference import ReferenceSet, held_out_set
 from training.repository import resolve_version
 from training.runtime import default_workers, resolve_device, seed_everything
 from training.tokenizer import PAD, train_bpe
@@ -248,6 +249,18 @@ def padding_check(rows: list[list[int]], spec: TextPreprocessing) -> Callable[[o
     return check
 
 
+def held_out_reference_set(options: TextOptions, spec: TextPreprocessing, tokenizer_file: Path) -> ReferenceSet:
+    """The held-out split `run_text` evaluates with these options, tokenized with a published model's
+    `tokenizer_file` and `spec`."""
+    _, splits, description = split_tables(options)
+    table, labels = splits["test"]
+    tokenizer = prepare_tokenizer(Tokenizer.from_file(str(tokenizer_file)), spec.max_length)
+    rows = tokenize(tokenizer, table.texts, spec)
+    batch_size = options.batch_size or ARCH_DEFAULTS[options.arch]["batch_size"]
+    loader = DataLoader(TokenRows(rows, labels), batch_size=batch_size, collate_fn=PadBatch(spec))
+    return held_out_set(loader, description)
+
+
 def run_text(options: TextOptions) -> Path:
     """Train, evaluate on the held-out split, export and publish; returns the version folder."""
     started = time.perf_counter()
@@ -302,6 +315,7 @@ def run_text(options: TextOptions) -> Path:
         test_loader=test_loader,
         metrics=metrics,
         fit=result,
+        reference_set=held_out_set(test_loader, split_description),
         extra_check=padding_check(rows["test"], spec),
         write_files=lambda directory: tokenizer.save(str(directory / "tokenizer.json")),
         training={

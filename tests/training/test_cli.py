@@ -13,7 +13,7 @@ from training.cli import build_parser, main
 def test_every_option_is_documented() -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"image", "text", "default-models", "sample-photos"}
+    assert set(commands) == {"image", "text", "default-models", "reference", "sample-photos"}
     for name, command in commands.items():
         for action in command._actions:
             if action.option_strings and action.dest != "help":

