@@ -1,7 +1,7 @@
 """The errors the service refuses or fails a request with, whatever the transport.
 
 Each error has a machine-readable `code` and a `message` a user can act on; some carry a fact a transport
-answers with (`Unavailable.retry_after`, `Unauthorized.key_given`). None knows a status code: each transport
+answers with (`Unavailable.retry_after`, `RateLimited.retry_after_s`, `Unauthorized.key_given`). None knows a status code: each transport
 maps them to its own (`app.transport.http.errors` for HTTP). Errors pickle with their attributes, so the
 inference process can send one back to a front-end worker as it was raised.
 """
@@ -51,6 +51,17 @@ class Unauthorized(ServiceError):
 
 class Forbidden(ServiceError):
     code = "forbidden"
+
+
+class RateLimited(ServiceError):
+    """A key is over its rate or in-flight limit (app.dataplane.quotas); its client may retry after
+    `retry_after_s` seconds. The server is not busy: that is `Unavailable`."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ModelNotFound(ServiceError):

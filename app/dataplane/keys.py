@@ -5,13 +5,15 @@ the TOML file named by `SERVE_API_KEYS_FILE` (`[[key]]` tables, validated strict
 holds the current set and re-reads the file when its inode, size or modification time changes, looked at
 no more than once a second: the whole new set replaces the old one, or, when the file is malformed, the old
 set stays and one ERROR line says why. Each server process keeps its own store, so every worker sees a change.
-A plain key is never kept: only its digest, and only the id is ever logged.
+A plain key is never kept: only its digest, and only the id is ever logged. A key's `Limits` (its rate and
+in-flight quotas) are enforced by app.dataplane.quotas.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 import tomllib
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
+MAX_KEYS = 4096  # keys in the file: the quota table (app.dataplane.quotas) has a row for each
 
 
 class Role(Enum):
@@ -33,7 +36,7 @@ class Role(Enum):
 
 
 class KeyEntry(BaseModel):
-    """One `[[key]]` table of the keys file. The rate and in-flight fields are validated but not enforced yet."""
+    """One `[[key]]` table of the keys file; `burst` only with `rate_per_s` (see `Limits`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,13 +48,28 @@ class KeyEntry(BaseModel):
     burst: Annotated[int, Field(ge=1)] | None = None
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
 
+    @model_validator(mode="after")
+    def _burst_with_rate(self) -> KeyEntry:
+        if self.burst is not None and self.rate_per_s is None:
+            raise ValueError("burst needs rate_per_s")
+        return self
+
+    def limits(self) -> Limits | None:
+        """The key's quotas; None when it has none."""
+        if self.rate_per_s is None and self.max_in_flight is None:
+            return None
+        burst = self.burst
+        if self.rate_per_s is not None and burst is None:
+            burst = max(1, math.ceil(self.rate_per_s))
+        return Limits(self.rate_per_s, burst, self.max_in_flight)
+
 
 class KeysFile(BaseModel):
     """The whole keys file: `[[key]]` tables with distinct ids and distinct hashes."""
 
     model_config = ConfigDict(extra="forbid")
 
-    key: list[KeyEntry] = Field(default_factory=list)
+    key: Annotated[list[KeyEntry], Field(max_length=MAX_KEYS)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _distinct(self) -> KeysFile:
@@ -68,14 +86,26 @@ class KeysFile(BaseModel):
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's quotas: `rate_per_s` requests a second on average with bursts of up to `burst` (a token bucket;
+    `burst` defaults to one second's worth, `ceil(rate_per_s)`), and at most `max_in_flight` requests at once.
+    None: no such limit."""
+
+    rate_per_s: float | None
+    burst: int | None
+    max_in_flight: int | None
+
+
 @dataclass(frozen=True)
 class Key:
-    """An accepted key: `models` None means every model."""
+    """An accepted key: `models` None means every model; `limits` None means no quotas."""
 
     id: str
     digest: bytes
     role: Role
     models: frozenset[str] | None
+    limits: Limits | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -112,7 +142,8 @@ def read_keys_file(path: Path) -> tuple[Key, ...]:
         problems = "; ".join(f"{_where(error['loc'], document)}: {error['msg']}" for error in exc.errors())
         raise KeysFileError(f"SERVE_API_KEYS_FILE {path}: {problems}") from None
     return tuple(Key(entry.id, bytes.fromhex(entry.sha256), entry.role,
-                     frozenset(entry.models) if entry.models is not None else None) for entry in parsed.key)
+                     frozenset(entry.models) if entry.models is not None else None, entry.limits())
+                 for entry in parsed.key)
 
 
 def _where(location: tuple[int | str, ...], document: dict[str, object]) -> str:

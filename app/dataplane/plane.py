@@ -3,7 +3,8 @@
 Each request operation comes in two steps, so that a transport can name the model in its logs and metrics
 before the request runs, and keep its own order of checks: `predict_model` / `model` find the model (and
 check the request's limits), then `predict` / `infer` run it. Nothing awaits between finding the model and
-queueing the request, so a model swap (`load`) cannot come between them.
+queueing the request, so a model swap (`load`) cannot come between them. Between the two, once it has checked
+the key's scope, the transport runs the request inside `admit(key, model)`: the key's quotas.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 
 from app.dataplane import metadata
 from app.dataplane.access import AccessPolicy
+from app.dataplane.keys import Key
 from app.dataplane.predict import PredictInputs, check_limits
+from app.dataplane.quotas import Admission, Quotas
 from app.dataplane.tensors import Row, rows_for
 from app.errors import ModelNotFound
 from app.models.registry import ModelRegistry
@@ -36,10 +39,16 @@ class Readiness:
 class DataPlane:
     """Predictions, v2 inference, metadata, readiness and repository operations over the served models."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, quotas: Quotas) -> None:
         self.settings = settings
         self.registry = registry
         self.access = AccessPolicy(settings)
+        self.quotas = quotas
+
+    def admit(self, key: Key | None, model: ServedModel) -> Admission:
+        """A place for one request of `key` (None: no key was needed) to `model` within the key's rate and
+        in-flight limits, held until the returned context's block ends; `RateLimited` when they are used up."""
+        return self.quotas.admit(key, model.name)
 
     # /predict ----------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ uvicorn's supervisor starts and replaces the workers, each listening on a socket
 its own traffic, or, with `SERVE_SHARED_INFERENCE`, hands its batches to the one inference process
 (app.topology.inference_process). They share one directory, named by `PROMETHEUS_MULTIPROC_DIR`: prometheus-client's
 multiprocess files, so `/metrics` on any worker counts the requests of all of them, and one readiness file per
-process, so `/health/ready` on any worker is 200 only when every worker (and the inference process) is ready.
+process, so `/health/ready` on any worker is 200 only when every worker (and the inference process) is ready,
+and the table of the API keys' quotas (app.dataplane.quotas), so a key's limits hold for the instance.
 The supervisor replaces a worker or inference process that dies; the replacement counts once it is ready.
 """
 
@@ -24,9 +25,11 @@ SHARED_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER = "worker"
 WARM_UP_TIMING = "warm-up-timing"  # the lock the processes take turns at to time their models at warm-up
 INFERENCE = "inference"  # the one process holding the sessions, with SERVE_SHARED_INFERENCE
+KEY_QUOTAS = "key-quotas"  # the file of the keys' rate and in-flight quotas (app.dataplane.quotas)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process `pid` is running (under any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -83,7 +86,7 @@ class WorkerBoard:
             if not pid_text.isdigit():
                 continue
             pid = int(pid_text)
-            if not _alive(pid):
+            if not process_alive(pid):
                 path.unlink(missing_ok=True)
                 multiprocess.mark_process_dead(pid, str(self.directory))
                 continue

@@ -216,9 +216,11 @@ def test_rotation_without_restart(start_server: StartServer, models_dir: Path, i
     (table("a", "k1", "reader"), "[[key]] #1 (id 'a') field role"),
     (table("a", "k1", "infer", extra="colour = \"red\""), "[[key]] #1 (id 'a') field colour"),
     (table("a", "k1", "infer", extra="burst = 0"), "[[key]] #1 (id 'a') field burst"),
+    (table("a", "k1", "infer", extra="burst = 3"), "[[key]] #1 (id 'a'): Value error, burst needs rate_per_s"),
     ('[[key]]\nid = "a"\nsha256 = "00ff"\nrole = "infer"\n', "[[key]] #1 (id 'a') field sha256"),
     ("[[key]\n", "cannot read it"),
-], ids=["duplicate-id", "duplicate-hash", "unknown-role", "unknown-field", "zero-burst", "short-hex", "not-toml"])
+], ids=["duplicate-id", "duplicate-hash", "unknown-role", "unknown-field", "zero-burst", "burst-without-rate",
+      "short-hex", "not-toml"])
 def test_malformed_keys_file_fails_startup(models_dir: Path, image_model: ModelUnderTest, tmp_path: Path,
                                            entries: str, named: str) -> None:
     keys_file = tmp_path / "keys.toml"

@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.dataplane.plane import DataPlane
+from app.dataplane.quotas import Quotas
 from app.intake_load import IntakeLoad
 from app.models.registry import ModelRegistry
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology.model_factories import front_end_models, local_models
 from app.topology.roles import ServerRole
+from app.topology.workers import KEY_QUOTAS
 from app.transport.http.api_docs import install_api_docs
 from app.transport.http.errors import install_error_handlers
 from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
@@ -64,7 +66,9 @@ def create_app(settings: Settings, role: ServerRole) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.dataplane = DataPlane(settings, registry)
+    # The keys' quotas hold for the whole instance: one table shared by every worker (app.dataplane.quotas).
+    quotas = Quotas.private() if role.directory is None else Quotas.shared(role.directory / KEY_QUOTAS, role.workers)
+    app.state.dataplane = DataPlane(settings, registry, quotas)
     install_error_handlers(app)
     routers = (predict.router, health.router, v2.router, v2.infer_router)
     for router in routers:

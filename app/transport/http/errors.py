@@ -4,12 +4,13 @@ FastAPI exception handlers that send them.
 Every error body is `{"error": "<message a user can act on>", "code": "<machine-readable kind>"}`;
 the `error` string is also what the Open Inference Protocol v2 expects. A 500 names an error id, and the log
 line with the same id (and the request id) has the cause: answers never show stack traces or host paths.
-Refusals (4xx, 503) are logged at debug level only, so shedding load stays cheap.
+Refusals (4xx, 503; 429 for a key over its quota) are logged at debug level only, so shedding load stays cheap.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,7 @@ from app.errors import (
     ModelLoadFailed,
     ModelNotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
     Unauthorized,
     Unavailable,
@@ -47,6 +49,7 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     ModelLoadFailed: 400,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    RateLimited: 429,
     Unavailable: 503,
     ClientDisconnected: 499,  # nginx's: nobody reads the answer; the status is for /metrics and the logs
     InferenceFailed: 500,
@@ -62,12 +65,15 @@ def status_code_for(exc: ServiceError) -> int:
 
 def headers_for(exc: ServiceError) -> dict[str, str] | None:
     """`Retry-After` for a refusal to retry (with `Connection: close` from a server that stopped its intake, so
-    that the client's next request opens a new connection, to another server), and the `WWW-Authenticate`
+    that the client's next request opens a new connection, to another server; in whole seconds, at least 1,
+    for a key over its limit), and the `WWW-Authenticate`
     challenge of RFC 6750 (which says when a key was wrong) for a missing or wrong key."""
     if isinstance(exc, IntakeStopped):
         return {"Retry-After": str(exc.retry_after), "Connection": "close"}
     if isinstance(exc, Unavailable):
         return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="model-serving"' + (', error="invalid_token"' if exc.key_given else "")}
     return None

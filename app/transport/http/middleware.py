@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, ServiceError
+from app.errors import PayloadTooLarge, RateLimited, ServiceError
 from app.intake_load import IntakeLoad
 from app.observability.logs import REQUEST_ID
 from app.observability.metrics import Metrics
@@ -68,7 +68,8 @@ class RequestId:
 
 
 class RequestMetrics:
-    """Counts requests and errors and times them, labelled by route template (never the raw path), and notes
+    """Counts requests and errors and times them, labelled by route template (never the raw path), counts the
+    model requests by API key id (`request.state.api_key`, set by the key check), and notes
     how long each request waited unread (`app.transport.http.arrival`). It also keeps the intake's load
     (`app.intake_load`: requests in flight, the latest read delay), which the batching reads; the metrics only
     observe it."""
@@ -82,6 +83,13 @@ class RequestMetrics:
         # The labelled series of each (route, model, status), looked up once: a lookup by label costs as much
         # as the observation. Bounded: route templates, served models and status codes.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._key_series: dict[tuple[str, str], Counter] = {}  # bounded: key ids and served models
+
+    def _key_requests(self, key: str, model: str) -> Counter:
+        series = self._key_series.get((key, model))
+        if series is None:
+            series = self._key_series[(key, model)] = self.metrics.key_requests.labels(key, model)
+        return series
 
     def _request_series(self, route: str, model: str, status: int) -> tuple[Counter, Histogram]:
         series = self._series.get((route, model, status))
@@ -126,6 +134,12 @@ class RequestMetrics:
             requests, durations = self._request_series(route, model, status)
             requests.inc()
             durations.observe(time.perf_counter() - started)
+            if model:  # a model request (/predict, v2 infer): counted by key id too
+                key = state.get("api_key")
+                key_id = key.id if key is not None else ""
+                self._key_requests(key_id, model).inc()
+                if state.get("error_code") == RateLimited.code:
+                    self.metrics.key_refusals.labels(key_id, model).inc()
             if unhandled:
                 self.metrics.errors.labels(model, ServiceError.code).inc()
             elif status >= 400:

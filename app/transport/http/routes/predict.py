@@ -64,6 +64,7 @@ _OPENAPI_BODIES = {
         415: {"description": "unsupported Content-Type"},
         403: {"description": "the key's model scope excludes the model (the default one included)"},
         422: {"description": "malformed request"},
+        429: {"description": "the key is over its rate or in-flight limit (see Retry-After)"},
         503: {"description": "model not ready, queue full, deadline passed or shutting down (see Retry-After)"},
     },
 )
@@ -78,6 +79,7 @@ async def predict(request: Request) -> Response:
     served = dataplane.predict_model(inputs)
     request.state.model = served.name
     check_chosen_model(request, served.name)  # the key's model scope, the default model included
-    answer = await dataplane.predict(served, inputs, request_deadline(request), client_gone(request))
+    with dataplane.admit(request.state.api_key, served):  # the key's quotas, held until the answer
+        answer = await dataplane.predict(served, inputs, request_deadline(request), client_gone(request))
     # Built by the data plane, so it skips re-validation against `response_model` (kept for the docs).
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")

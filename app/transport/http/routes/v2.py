@@ -134,10 +134,12 @@ async def infer(request: Request) -> Response:
     # From here to the batcher's queue nothing awaits, so a model swap (POST .../load) cannot come between.
     model = dataplane.model(request.path_params["name"], request.path_params.get("version"))
     request.state.model = model.name
-    inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    rows = dataplane.rows(model, tensors)
-    output_names = tuple(item.name for item in inference.outputs or [])
-    outputs = await dataplane.infer(model, rows, output_names, request_deadline(request), client_gone(request))
+    with dataplane.admit(request.state.api_key, model):  # the key's quotas, held until the answer
+        inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+        rows = dataplane.rows(model, tensors)
+        output_names = tuple(item.name for item in inference.outputs or [])
+        outputs = await dataplane.infer(model, rows, output_names, request_deadline(request),
+                                        client_gone(request))
     body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:
         return Response(body, media_type="application/json")
