@@ -4,6 +4,8 @@ multiplied by them nor divided among them."""
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import StartServer
 from .support import ModelUnderTest, ServerProcess, assert_json_error, b64, scrape, value
 from .test_keys import replace_file, table
 
@@ -240,3 +243,35 @@ def test_max_in_flight_refuses_the_next_request_and_frees_every_slot(slow: Serve
     server.wait_for(lambda _: queued(server, model) == 0, 10, what="the abandoned requests to leave the queue")
     with ThreadPoolExecutor(2) as pool:
         assert [answer.status_code for answer in pool.map(predict, range(2))] == [200, 200]
+
+
+def test_a_worker_that_dies_mid_request_leaks_no_in_flight_count(start_server: StartServer, models_dir: Path,
+                                                                 image_model: ModelUnderTest,
+                                                                 digits: list[bytes], tmp_path: Path) -> None:
+    """Both workers killed while they hold the key's two requests: once replaced, the key has its places back."""
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(KEYS_FILE)
+    server = start_server(models_dir, SERVE_MODELS=image_model.name, SERVE_API_KEYS_FILE=str(keys_file),
+                          SERVE_WORKERS="2", SERVE_BATCH_SIZE_SEARCH="false",
+                          SERVE_MAX_BATCH_WAIT_MS=str(BATCH_WAIT_MS)).wait_ready()
+
+    def predict(index: int) -> int:
+        with server.client(headers=as_key("narrow")) as client:
+            try:
+                return client.post("/predict", json={"image": b64(digits[index])}).status_code
+            except httpx.TransportError:
+                return 0  # its worker was killed
+
+    with server.client() as client:
+        victims = [worker["pid"] for worker in client.get("/health").json()["workers"]]
+    with ThreadPoolExecutor(2) as pool:
+        holding = [pool.submit(predict, index) for index in range(2)]
+        server.wait_for(lambda _: queued(server, image_model.name) == 2, 10, what="two requests queued")
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        assert [future.result() for future in holding] == [0, 0]
+    server.wait_for(lambda client: not set(victims) & {worker["pid"] for worker in client.get("/health").json()["workers"]},
+                    30, what="the killed workers to be replaced")
+    server.wait_ready()
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(predict, range(2))) == [200, 200]
