@@ -6,6 +6,7 @@ missing tool fails instead, so a green CI run means every check ran.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,11 +59,17 @@ def run_tool(command: Sequence[str], *, cwd: Path = REPO_ROOT, timeout: float = 
 @pytest.fixture(scope="session")
 def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Sample names of a real server's /metrics, serving the bundled models, with each one's label names,
-    after an image, a text, a refused request and a v2 inference (so every labelled series exists)."""
-    server = ServerProcess(REPO_ROOT / "models", tmp_path_factory.mktemp("live-server"), {"SERVE_WARMUP_RUNS": "0"})
+    after an image, a text, a refused request, a v2 inference and a request over its key's quota (so every
+    labelled series exists)."""
+    workdir = tmp_path_factory.mktemp("live-server")
+    key = "live-metrics-key"
+    (workdir / "keys.toml").write_text(f'[[key]]\nid = "live"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+                                       'role = "infer"\nrate_per_s = 0.001\nburst = 3\n')
+    server = ServerProcess(REPO_ROOT / "models", workdir, {
+        "SERVE_WARMUP_RUNS": "0", "SERVE_API_KEYS_FILE": str(workdir / "keys.toml")})
     try:
         server.start().wait_ready()
-        with server.client() as client:
+        with server.client(headers={"X-API-Key": key}) as client:
             digit = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
             answers = [
                 client.post("/predict", params={"model": "mnist-cnn"},
@@ -73,6 +80,7 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]
             ]
             assert [answer.status_code for answer in answers] == [200, 200, 200], [a.text for a in answers]
             assert client.post("/predict", json={"text": ""}).status_code == 422
+            assert client.post("/predict", json={"text": "over the key's burst of 3"}).status_code == 429
             text = client.get("/metrics").text
     finally:
         server.stop()
