@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="larger images are refused (413)")
     default_top_k: int = Field(default=5, ge=1)
 
+    # Model-quality monitoring (docs/monitoring.md).
+    quality_top_labels: int = Field(
+        default=10, ge=1, le=100,
+        description="labels counted by name in modelserver_predictions_total, per model version: the reference's "
+        "most predicted; the others count as `other`",
+    )
+    low_confidence_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='JSON object of model name to the top-1 confidence under which an answer counts as '
+        'low-confidence, e.g. {"mnist-cnn": 0.6}; a model left out takes its reference\'s 5th percentile',
+    )
+
     # Access.
     api_key: SecretStr | None = Field(
         default=None, description="when set, /predict, /models and /v2 model routes need it (X-API-Key or Bearer)"
@@ -189,6 +201,14 @@ class Settings(BaseSettings):
     def keys_configured(self) -> bool:
         """Whether any key source is set: api_key, api_keys or api_keys_file."""
         return bool(self.accepted_api_keys()) or self.api_keys_file is not None
+
+    @field_validator("low_confidence_thresholds")
+    @classmethod
+    def _thresholds_are_probabilities(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"SERVE_LOW_CONFIDENCE_THRESHOLDS[{name!r}] = {threshold}: a confidence lies in [0, 1]")
+        return value
 
     @field_validator("default_models")
     @classmethod

@@ -39,6 +39,12 @@ from app.models.runtime import (
 from app.models.text_encoding import TextEncoder
 from app.settings import Settings
 from model_repository import ModelConfig, ModelRepositoryError, file_sha256
+from model_repository.reference import (
+    CONFIDENCE_EDGES,
+    ReferenceProfile,
+    ReferenceProfileError,
+    load_reference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +81,23 @@ class ModelLoader(Protocol):
 def configured_max_batch_size(config: ModelConfig, settings: Settings) -> int:
     """The most rows a batch may hold before measurement: config.json's, capped by the setting when set."""
     return min(config.max_batch_size, settings.max_batch_size) if settings.max_batch_size else config.max_batch_size
+
+
+def read_reference(config: ModelConfig, directory: Path) -> tuple[ReferenceProfile | None, str | None]:
+    """The version's reference profile and None, or None and why its reference.json cannot be used. A version
+    without one, or with a malformed one, serves without a quality baseline (its monitoring, not its answers,
+    is what the file is for); the caller says so in the log and /models."""
+    try:
+        reference = load_reference(directory)
+    except ReferenceProfileError as exc:
+        return None, str(exc).replace(str(directory), f"{config.name}/{config.version}")
+    if reference is None:
+        return None, None
+    if set(reference.label_counts) != set(config.labels):
+        return None, f"{config.name}/{config.version}/reference.json: its labels are not config.json's"
+    if tuple(reference.confidence_edges) != CONFIDENCE_EDGES:
+        return None, f"{config.name}/{config.version}/reference.json: confidence_edges are not CONFIDENCE_EDGES"
+    return reference, None
 
 
 def threads_per_session(settings: Settings) -> int:

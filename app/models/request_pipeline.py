@@ -22,6 +22,7 @@ from app.errors import InferenceFailed, ServiceError
 from app.models.executors import Executor, Feeds
 from app.models.image_decoding import decode_image
 from app.models.text_encoding import TextEncoder
+from app.observability.quality import VersionQuality
 from model_repository import ModelConfig
 from model_repository.schema import TEXT_INPUT_IDS
 
@@ -72,25 +73,30 @@ class RequestPipeline:
     """Answers batches of one model version through `executor`.
 
     `preprocess_seconds` and `inference_seconds` are this model's histograms where this process records them
-    (None where another process does, and at warm-up, which is not traffic)."""
+    (None where another process does, and at warm-up, which is not traffic); `quality` counts the top-1 label
+    and confidence of every answered row, /predict and v2 infer alike, where this process records requests."""
 
     def __init__(self, config: ModelConfig, executor: Executor, encoder: TextEncoder | None, max_image_pixels: int,
-                 preprocess_seconds: Histogram | None = None, inference_seconds: Histogram | None = None) -> None:
+                 preprocess_seconds: Histogram | None = None, inference_seconds: Histogram | None = None,
+                 quality: VersionQuality | None = None) -> None:
         self.config = config
         self.executor = executor
         self.encoder = encoder
         self.max_image_pixels = max_image_pixels
         self.preprocess_seconds = preprocess_seconds
         self.inference_seconds = inference_seconds
+        self.quality = quality
         self._output_names = [spec.name for spec in config.outputs]
         spec = config.preprocessing
         self._pad_values = {TEXT_INPUT_IDS: spec.pad_token_id} if spec.type == "text" else {}
         self._pad_left = spec.type == "text" and spec.padding_side == "left"
 
-    def recorded(self, preprocess_seconds: Histogram | None, inference_seconds: Histogram | None) -> RequestPipeline:
-        """The same pipeline, observing its batches' preprocessing and run times in these histograms."""
+    def recorded(self, preprocess_seconds: Histogram | None, inference_seconds: Histogram | None,
+                 quality: VersionQuality | None) -> RequestPipeline:
+        """The same pipeline, observing its batches' preprocessing and run times in these histograms, and its
+        answers in `quality`."""
         return RequestPipeline(self.config, self.executor, self.encoder, self.max_image_pixels,
-                               preprocess_seconds, inference_seconds)
+                               preprocess_seconds, inference_seconds, quality)
 
     def run_batch(self, requests: Sequence[WorkRequest]) -> list[Any]:
         """Preprocess every request, run them as one batch, and split the outputs back per request."""
@@ -122,10 +128,19 @@ class RequestPipeline:
             self.preprocess_seconds.observe(ran - started)
         if self.inference_seconds is not None:
             self.inference_seconds.observe(finished - ran)
+        probabilities = None
+        if self.quality is not None or any(requests[index].answer == "predictions" for index in good):
+            probabilities = self._probabilities(outputs[0])
+            if self.quality is not None:
+                self.quality.observe(probabilities)
         start = 0
         for index in good:
             end = start + len(prepared[index])
-            outcomes[index] = self._answer(requests[index], [output[start:end] for output in outputs])
+            request = requests[index]
+            if request.answer == "tensors":
+                outcomes[index] = self._tensors(request, [output[start:end] for output in outputs])
+            else:
+                outcomes[index] = self._predictions(request, probabilities[start:end])
             start = end
         return outcomes
 
@@ -158,16 +173,21 @@ class RequestPipeline:
     def _collate(self, rows: list[Row]) -> Feeds:
         return collate(rows, self._pad_values, left=self._pad_left)
 
-    def _answer(self, request: WorkRequest, outputs: list[np.ndarray]) -> list[Any]:
-        output_names = self._output_names
-        if request.answer == "tensors":
-            wanted = request.output_names or tuple(output_names)
-            by_name = dict(zip(output_names, outputs, strict=True))
-            return [{name: by_name[name][row] for name in wanted} for row in range(len(outputs[0]))]
-        scores = outputs[0].astype(np.float32, copy=False)
+    def _probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """The class probabilities of a batch's scores (its first output): a softmax of logits."""
+        scores = scores.astype(np.float32, copy=False)
         if self.config.output_type == "logits":
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores /= scores.sum(axis=1, keepdims=True)
+        return scores
+
+    def _tensors(self, request: WorkRequest, outputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        output_names = self._output_names
+        wanted = request.output_names or tuple(output_names)
+        by_name = dict(zip(output_names, outputs, strict=True))
+        return [{name: by_name[name][row] for name in wanted} for row in range(len(outputs[0]))]
+
+    def _predictions(self, request: WorkRequest, scores: np.ndarray) -> list[dict[str, Any]]:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :request.top_k]
         labels = self.config.labels
         predictions = []

@@ -30,13 +30,20 @@ from app.errors import InvalidInput, ModelNotReady
 from app.models.batch_tuning import BatchTiming
 from app.models.batcher import Batcher
 from app.models.intake import Intake, inline_rule
-from app.models.loading import ModelLoader, PreparedModel, configured_max_batch_size, threads_per_session
+from app.models.loading import (
+    ModelLoader,
+    PreparedModel,
+    configured_max_batch_size,
+    read_reference,
+    threads_per_session,
+)
 from app.models.request_pipeline import Row, WorkRequest
 from app.models.runtime import CPU, ProviderUnavailable
 from app.models.text_encoding import TextEncoder
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from model_repository import ModelConfig, ModelRepositoryError
+from model_repository.reference import ReferenceProfile
 from model_repository.schema import TEXT_INPUT_IDS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ class ServedModel:
         self.batch_curve: list[BatchTiming] = []
         self.max_padded_tokens: int | None = None  # text: rows x longest tokens per batch, set by the search
         self.intra_op_threads = 0  # the session's threads per inference, once loading begins
+        self.reference: ReferenceProfile | None = None  # reference.json, read where requests are recorded
+        self.reference_error: str | None = None  # why a reference.json present is not used
         self._loader = loader
         self._intake = intake
         self._settings = settings
@@ -91,6 +100,11 @@ class ServedModel:
 
     def load(self) -> None:
         """Open the model, check it and warm it up (app.models.loading). Blocking: call from a worker thread."""
+        if self._intake.records_requests:
+            self.reference, self.reference_error = read_reference(self.config, self.directory)
+            if self.reference_error is not None:
+                logger.error("model %s version %s serves without a quality baseline: %s",
+                             self.name, self.config.version, self.reference_error)
         try:
             self.intra_op_threads = threads_per_session(self._settings)
             opened = self._loader.open()
@@ -125,9 +139,14 @@ class ServedModel:
         records_runs, records_requests = executor.records_session_runs, self._intake.records_requests
         # This model's histograms, looked up once: a lookup by label costs as much as the observation.
         batch_sizes, queue_waits = metrics.batch_size.labels(name), metrics.queue_wait.labels(name)
+        quality = None
+        if records_requests:
+            quality = metrics.quality.version(name, self.config.version, self.config.labels, self.reference,
+                                              settings.quality_top_labels, self.low_confidence_threshold)
         pipeline = self._prepared.pipeline.recorded(
             metrics.preprocess_duration.labels(name) if records_requests else None,
             metrics.inference_duration.labels(name) if records_runs else None,
+            quality,
         )
 
         def on_batch(rows: int, waits: list[float]) -> None:
@@ -172,6 +191,14 @@ class ServedModel:
     def max_padding(self) -> float | None:
         """Text models on the CPU: the most padding a batch carries, as a fraction of its texts' real length."""
         return CPU_MAX_PADDING if self._encoder is not None and self.provider == CPU else None
+
+    @property
+    def low_confidence_threshold(self) -> float | None:
+        """SERVE_LOW_CONFIDENCE_THRESHOLDS' entry for this model, else the reference's 5th percentile."""
+        configured = self._settings.low_confidence_thresholds.get(self.name)
+        if configured is None and self.reference is not None:
+            return self.reference.low_confidence_threshold
+        return configured
 
     @property
     def ready(self) -> bool:

@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from app.intake_load import IntakeLoad
 from app.observability.process_metrics import ProcessesCollector
+from app.observability.quality import QualityMetrics
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -132,6 +133,8 @@ class Metrics:
             "model_ready", "1 when the model is loaded and warmed up (in every worker).", ["model"],
             namespace=NAMESPACE, registry=registry, multiprocess_mode="livemin",
         )
+        # What the models answer, against their reference profiles (model-quality monitoring).
+        self.quality = QualityMetrics(registry)
 
     def follow_in_flight(self, intake: IntakeLoad) -> None:
         """Make `requests_in_flight` read the intake's count as it is scraped. With several workers each worker

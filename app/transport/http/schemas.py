@@ -106,6 +106,15 @@ class BatchTimingDescription(BaseModel):
     items_per_s: float
 
 
+class ReferenceDescription(BaseModel):
+    """Where a model version's quality baseline (reference.json) came from; docs/monitoring.md."""
+
+    source: Literal["held_out", "sample_photos", "live_baseline"]
+    description: str
+    num_samples: int
+    accuracy: float | None = Field(description="on the reference inputs; null when their labels were unknown")
+
+
 class ModelDescription(ModelStatus):
     default: bool = Field(description="whether it answers the /predict requests of its kind that name no model")
     labels: list[str]
@@ -127,6 +136,13 @@ class ModelDescription(ModelStatus):
     batch_size_curve: list[BatchTimingDescription] = Field(
         description="the warm-up timings behind max_batch_size (the fastest run of each size)")
     metrics: dict[str, Any] | None
+    reference: ReferenceDescription | None = Field(
+        description="the version's reference profile, which the quality metrics compare live answers with; null "
+        "without one (or when it cannot be used: see reference_error)")
+    reference_error: str | None = Field(description="why the version's reference.json is not used, if it is not")
+    low_confidence_threshold: float | None = Field(
+        description="the top-1 confidence under which an answer counts as low-confidence: the reference's 5th "
+        "percentile, or SERVE_LOW_CONFIDENCE_THRESHOLDS; null with neither")
 
 
 class ModelsResponse(BaseModel):

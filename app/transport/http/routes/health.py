@@ -22,6 +22,7 @@ from app.transport.http.schemas import (
     HealthResponse,
     ModelDescription,
     ModelsResponse,
+    ReferenceDescription,
     WorkerStatus,
 )
 
@@ -92,6 +93,10 @@ async def list_models(registry: Registry) -> ModelsResponse:
                 for timing in model.batch_curve
             ],
             metrics=config.metrics.model_dump() if config.metrics else None,
+            reference=None if model.reference is None else ReferenceDescription(
+                **model.reference.model_dump(include={"source", "description", "num_samples", "accuracy"})),
+            reference_error=model.reference_error,
+            low_confidence_threshold=model.low_confidence_threshold,
         ))
     return ModelsResponse(models=described, default_models=defaults)
 
