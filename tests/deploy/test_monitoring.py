@@ -209,6 +209,47 @@ def test_the_latency_objective_is_set_in_one_place() -> None:
     assert objective in DASHBOARD.read_text(), "the dashboard draws the objective"
 
 
+QUALITY_CONSTANTS = {
+    "modelserver:prediction_drift:watch": [],
+    "modelserver:prediction_drift:act": ["ModelServerPredictionDrift"],
+    "modelserver:low_confidence_ratio:act": ["ModelServerLowConfidence"],
+    "modelserver:quality:min_predictions": ["ModelServerPredictionDrift", "ModelServerLowConfidence"],
+}
+# What the Model quality row draws, per model version: label mix against the reference, drift, confidence,
+# low-confidence ratio and the reference's provenance.
+QUALITY_ROW_READS = {
+    "job_model_version_label:modelserver_predictions:share30m",
+    "job_model_version_label:modelserver_reference_label:share",
+    "job_model_version:modelserver_prediction_drift:js_distance30m",
+    "modelserver:prediction_drift:watch",
+    "modelserver:prediction_drift:act",
+    "modelserver_prediction_confidence_bucket",
+    "job_model_version:modelserver_low_confidence:ratio30m",
+    "modelserver_reference_info",
+}
+
+
+def test_quality_thresholds_are_set_in_one_place_and_drawn() -> None:
+    """The drift and low-confidence thresholds and the traffic guard are recording rules holding a number,
+    which the alerts read; the dashboard's Model quality row draws the thresholds and every quality signal."""
+    rules = {rule.get("record"): rule for rule in load_rules()}
+    alerts = {rule["alert"]: rule for rule in alert_rules()}
+    for constant, readers in QUALITY_CONSTANTS.items():
+        assert re.fullmatch(r"vector\([\d.]+\)", str(rules[constant]["expr"]).strip()), rules[constant]
+        for alert in readers:
+            assert constant in alerts[alert]["expr"], f"{alert} does not read {constant}"
+    dashboard = json.loads(DASHBOARD.read_text())
+    [row] = [panel for panel in dashboard["panels"] if panel["type"] == "row"
+             and panel["title"].startswith("Model quality")]
+    below = sorted((panel for panel in dashboard["panels"] if panel["type"] != "row"),
+                   key=lambda panel: (panel["gridPos"]["y"], panel["gridPos"]["x"]))
+    next_row = min((panel["gridPos"]["y"] for panel in dashboard["panels"]
+                    if panel["type"] == "row" and panel["gridPos"]["y"] > row["gridPos"]["y"]), default=10**6)
+    in_row = [panel for panel in below if row["gridPos"]["y"] < panel["gridPos"]["y"] < next_row]
+    read = {name for panel in in_row for target in panel["targets"] for name in metric_names(target["expr"])}
+    assert QUALITY_ROW_READS <= read, f"the Model quality row does not draw {sorted(QUALITY_ROW_READS - read)}"
+
+
 # The dashboard -------------------------------------------------------------------------------------------
 
 
