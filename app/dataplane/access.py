@@ -4,8 +4,9 @@ When keys are configured (`SERVE_API_KEY`, `SERVE_API_KEYS`, `SERVE_API_KEYS_FIL
 model operations need one; health and metrics need one only when `SERVE_PUBLIC_HEALTH` /
 `SERVE_PUBLIC_METRICS` are false; repository operations always need one, so with no key configured they are
 closed. A key of role `infer` may do every operation but the repository's; `admin` may do them all; a key with
-`models` may name only those. A transport finds the key in its own way (HTTP: `X-API-Key` or a bearer token),
-calls `AccessPolicy.check`, and checks the model it chose itself (the default one) with `check_model`.
+`models` may name only those. A transport reads the key from its headers or metadata (`given_key`: `x-api-key`,
+or `authorization: Bearer <key>`), calls `AccessPolicy.check`, and checks the model it chose itself (the
+default one) with `check_model`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class Operation(Enum):
     HEALTH = "health"  # liveness and readiness, server and model
     METRICS = "metrics"
     REPOSITORY = "repository"  # loading and unloading models
+
+
+def given_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request sent as `x-api-key`, else as a bearer token in `authorization`; None when there is
+    none (or it is empty)."""
+    given = x_api_key
+    if given is None:
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token if scheme.lower() == "bearer" else None
+    return given or None
 
 
 class AccessPolicy:

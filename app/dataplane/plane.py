@@ -20,7 +20,7 @@ from app.dataplane.access import AccessPolicy
 from app.dataplane.keys import Key
 from app.dataplane.predict import PredictInputs, check_limits
 from app.dataplane.quotas import Admission, Quotas
-from app.dataplane.tensors import Row, rows_for
+from app.dataplane.tensors import EncodedItems, ModelInputs, model_inputs
 from app.errors import ModelNotFound
 from app.models.registry import ModelRegistry
 from app.models.served_model import ServedModel
@@ -76,16 +76,22 @@ class DataPlane:
             raise ModelNotFound(f"model {name!r} is served at version {model.config.version}, not {version!r}")
         return model
 
-    @staticmethod
-    def rows(model: ServedModel, tensors: dict[str, np.ndarray]) -> list[Row]:
-        """The request's input tensors, checked against the model's inputs, as rows (`tensors.rows_for`)."""
-        return rows_for(model, tensors)
+    def rows(self, model: ServedModel, tensors: dict[str, np.ndarray]) -> ModelInputs:
+        """The request's inputs for `model` (`tensors.model_inputs`): rows of its tensors, or its texts or encoded
+        images, which keep `/predict`'s limits (items per request, text length)."""
+        inputs = model_inputs(model, tensors)
+        if isinstance(inputs, EncodedItems):
+            check_limits(PredictInputs(inputs.kind, inputs.items, True, model.name, None), self.settings)
+        return inputs
 
     @staticmethod
-    async def infer(model: ServedModel, rows: list[Row], output_names: tuple[str, ...], deadline: float,
+    async def infer(model: ServedModel, inputs: ModelInputs, output_names: tuple[str, ...], deadline: float,
                     gone: Callable[[], bool]) -> dict[str, np.ndarray]:
-        """The output tensors (`output_names`, or all when empty) of `rows`, each stacked back into a batch."""
-        answers = await model.infer(rows, output_names, deadline, gone)
+        """The output tensors (`output_names`, or all when empty) of `inputs`, each stacked back into a batch."""
+        if isinstance(inputs, EncodedItems):
+            answers = await model.infer_items(inputs.kind, inputs.items, output_names, deadline, gone)
+        else:
+            answers = await model.infer(inputs, output_names, deadline, gone)
         return {key: np.stack([answer[key] for answer in answers]) for key in answers[0]}
 
     @staticmethod

@@ -217,15 +217,26 @@ class ServedModel:
                     client_gone: Callable[[], bool] | None = None) -> list[dict[str, np.ndarray]]:
         """Raw output tensors, one dict per row, for already-preprocessed input rows, by `deadline`; not run
         if `client_gone()` is true when its batch forms."""
-        for name in output_names:
-            if name not in self._output_names:
-                raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
+        self._check_outputs(output_names)
         if self._encoder is not None:
             vocabulary = self._encoder.tokenizer.get_vocab_size()
             if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
                 raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
         request = WorkRequest("tensor", rows, "tensors", output_names=output_names)
         return await self._submit(request, deadline, client_gone)
+
+    async def infer_items(self, kind: Literal["text", "image"], items: Sequence[Any], output_names: tuple[str, ...],
+                          deadline: float, client_gone: Callable[[], bool] | None = None) -> list[dict[str, np.ndarray]]:
+        """Raw output tensors, one dict per item, for texts or encoded images, preprocessed as `predict`'s are."""
+        self._check_outputs(output_names)
+        if kind != self.config.task:
+            raise InvalidInput(f"model {self.name!r} classifies {self.config.task}s, not {kind}s")
+        return await self._submit(WorkRequest(kind, items, "tensors", output_names=output_names), deadline, client_gone)
+
+    def _check_outputs(self, output_names: tuple[str, ...]) -> None:
+        for name in output_names:
+            if name not in self._output_names:
+                raise InvalidInput(f"model {self.name!r} has no output {name!r}; it has {self._output_names}")
 
     async def _submit(self, request: WorkRequest, deadline: float,
                       client_gone: Callable[[], bool] | None) -> list[Any]:

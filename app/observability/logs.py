@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
+import re
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -17,12 +19,30 @@ import onnxruntime as ort
 from pythonjsonlogger.core import RESERVED_ATTRS
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# A client's request id is kept when it is this plain and short; anything else (which could forge log lines or
+# bloat them) is replaced by a new one.
+USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 # uvicorn adds an ANSI-coloured copy of some messages; a JSON line keeps the plain one.
 JSON_LEFT_OUT = ("color_message",)
 ORT_FATAL = 4  # ONNX Runtime's logging severity: 0 verbose ... 3 error, 4 fatal
+
+
+def request_id_for(given: bytes | None) -> bytes:
+    """The id of a request whose client sent `given` (None: none): `given` when usable, else 32 random hex
+    digits. Every transport answers it (HTTP: `X-Request-ID`; gRPC: `x-request-id` trailing metadata)."""
+    return given if given is not None and USABLE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex().encode()
+
+
+def new_error_id() -> str:
+    """The id an answer to a failure names, and its log line (with the cause) carries."""
+    return os.urandom(8).hex()
+
+
+def with_error_id(message: str, error_id: str) -> str:
+    return f"{message} (error id {error_id}; the server log has the cause)"
 
 
 class RequestIdFilter(logging.Filter):

@@ -63,17 +63,19 @@ class Metrics:
             multiprocess.MultiProcessCollector(self.exposition, path=str(workers.directory))
             for collector in (PLATFORM_COLLECTOR, ProcessesCollector(workers.pids)):
                 self.exposition.register(collector)
+        # `protocol` is http or grpc; `route` the route template or the gRPC method; `status` the HTTP status code
+        # or the gRPC status code's name (OK, UNAVAILABLE, ...).
         self.requests = Counter(
-            "requests", "HTTP requests by route, model and status code.",
-            ["route", "model", "status"], namespace=NAMESPACE, registry=registry,
+            "requests", "Requests by protocol, route or gRPC method, model and status.",
+            ["protocol", "route", "model", "status"], namespace=NAMESPACE, registry=registry,
         )
         self.request_duration = Histogram(
-            "request_duration_seconds", "End-to-end HTTP request latency.",
-            ["route", "model"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
+            "request_duration_seconds", "End-to-end request latency, HTTP or gRPC.",
+            ["protocol", "route", "model"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry,
         )
-        # HTTP requests being handled (app.intake_load): see `follow_in_flight`.
+        # Requests being handled, HTTP and gRPC (app.intake_load): see `follow_in_flight`.
         self.in_flight = Gauge(
-            "requests_in_flight", "HTTP requests being handled.", namespace=NAMESPACE, registry=registry,
+            "requests_in_flight", "Requests being handled, HTTP and gRPC.", namespace=NAMESPACE, registry=registry,
             multiprocess_mode="livesum",
         )
         self.read_delay = Histogram(

@@ -108,7 +108,7 @@ def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
         assert text_answer.json()["label"] == "positive"
         samples = scrape(client)
         for model in ("mnist-cnn", "efficientnet-lite0-imagenet", "sst2-textcnn"):
-            assert value(samples, "modelserver_requests_total", route="/predict", model=model, status="200") == 1
+            assert value(samples, "modelserver_requests_total", protocol="http", route="/predict", model=model, status="200") == 1
         assert value(samples, "process_resident_memory_bytes") > 0
 
     user = run_tool([*podman, "exec", container_id, "id", "-u"]).stdout.strip()

@@ -123,7 +123,7 @@ def test_health_and_models_name_each_kinds_default(bundled: httpx.Client, image_
 def test_a_request_naming_no_model_is_counted_under_the_model_that_answered(
     bundled: httpx.Client, digits: list[bytes],
 ) -> None:
-    labels = {"route": "/predict", "model": PHOTO_MODEL, "status": "200"}
+    labels = {"protocol": "http", "route": "/predict", "model": PHOTO_MODEL, "status": "200"}
     before = value(scrape(bundled), "modelserver_requests_total", **labels)
     for digit in digits[:3]:
         assert bundled.post("/predict", files={"file": ("d.png", digit)}).status_code == 200

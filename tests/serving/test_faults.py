@@ -141,8 +141,8 @@ def test_unexpected_error_is_a_plain_500(faulty_server: ServerProcess, faulty: M
         assert "IndexError" in faulty_server.log()
         assert value(after, "modelserver_errors_total", model=FAULTY, kind="internal_error") - value(
             before, "modelserver_errors_total", model=FAULTY, kind="internal_error") == 1
-        assert value(after, "modelserver_requests_total", route="/predict", model=FAULTY, status="500") - value(
-            before, "modelserver_requests_total", route="/predict", model=FAULTY, status="500") == 1
+        assert value(after, "modelserver_requests_total", protocol="http", route="/predict", model=FAULTY, status="500") - value(
+            before, "modelserver_requests_total", protocol="http", route="/predict", model=FAULTY, status="500") == 1
         image = dim_digit(mnist_pixels[0])
         response = client.post("/predict", content=image, headers={"Content-Type": "image/png"})
         assert response.status_code == 200, response.text

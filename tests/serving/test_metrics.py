@@ -39,8 +39,8 @@ def test_predictions_are_counted(http: httpx.Client, image_model: ModelUnderTest
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert grew("modelserver_requests_total", route="/predict", model=model, status="200") == count
-    assert grew("modelserver_request_duration_seconds_count", route="/predict", model=model) == count
+    assert grew("modelserver_requests_total", protocol="http", route="/predict", model=model, status="200") == count
+    assert grew("modelserver_request_duration_seconds_count", protocol="http", route="/predict", model=model) == count
     assert grew("modelserver_queue_wait_seconds_count", model=model) == count
     assert grew("modelserver_batch_size_sum", model=model) == count  # one row per request
     batches = grew("modelserver_batch_size_count", model=model)
@@ -57,9 +57,9 @@ def test_series_exist_for_each_model(http: httpx.Client, request: pytest.Fixture
     body = {"image": b64(digits[0])} if model.config.task == "image" else {"text": "a fine, funny film"}
     assert http.post("/predict", json=body).status_code == 200
     samples = scrape(http)
-    assert has_series(samples, "modelserver_request_duration_seconds_bucket", route="/predict", model=model.name,
+    assert has_series(samples, "modelserver_request_duration_seconds_bucket", protocol="http", route="/predict", model=model.name,
                       le="+Inf")
-    assert value(samples, "modelserver_request_duration_seconds_count", route="/predict", model=model.name) > 0
+    assert value(samples, "modelserver_request_duration_seconds_count", protocol="http", route="/predict", model=model.name) > 0
     for name in HISTOGRAMS:
         assert has_series(samples, f"{name}_bucket", model=model.name, le="+Inf"), name
         assert value(samples, f"{name}_count", model=model.name) > 0, name
@@ -91,10 +91,10 @@ def test_errors_are_counted_by_kind(http: httpx.Client, image_model: ModelUnderT
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert grew("modelserver_errors_total", model=model, kind="invalid_input") == 2
-    assert grew("modelserver_requests_total", route="/predict", model=model, status="400") == 2
+    assert grew("modelserver_requests_total", protocol="http", route="/predict", model=model, status="400") == 2
     assert grew("modelserver_errors_total", model="", kind="model_not_found") == 1
     assert grew("modelserver_errors_total", model="", kind="unsupported_media_type") == 1
-    assert grew("modelserver_requests_total", route="/predict", model="", status="415") == 1
+    assert grew("modelserver_requests_total", protocol="http", route="/predict", model="", status="415") == 1
 
 
 def test_oversized_body_is_counted_for_its_route(server: ServerProcess, http: httpx.Client) -> None:

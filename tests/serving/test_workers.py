@@ -76,8 +76,8 @@ def test_workers_answer_as_one_service(start_server: StartServer, models_dir: Pa
         assert v2.status_code == 200, v2.text
         assert len(worker_pids(client)) == WORKERS
         samples = scrape(client)
-    served = value(samples, "modelserver_requests_total", route="/predict", model=image_model.name, status="200")
-    served += value(samples, "modelserver_requests_total", route="/predict", model=text_model.name, status="200")
+    served = value(samples, "modelserver_requests_total", protocol="http", route="/predict", model=image_model.name, status="200")
+    served += value(samples, "modelserver_requests_total", protocol="http", route="/predict", model=text_model.name, status="200")
     assert served == len(calls), "/metrics must count the requests of every worker, whichever answers the scrape"
     assert value(samples, "modelserver_queue_capacity", model=image_model.name) > 0
     assert value(samples, "modelserver_model_ready", model=text_model.name) == 1

@@ -25,7 +25,7 @@ from app.transport.http.dependencies import ACCESS_OPERATIONS
 OPENAPI_URL = "/openapi.json"
 ASSETS_URL = "/api-docs-assets"
 
-# Either scheme is accepted (app.transport.http.dependencies._given_key): an operation's `security` lists them as
+# Either scheme is accepted (app.dataplane.access.given_key): an operation's `security` lists them as
 # alternatives.
 SECURITY_SCHEMES = {
     "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from app.dataplane.access import AccessPolicy, Operation
+from app.dataplane.access import AccessPolicy, Operation, given_key
 from app.dataplane.plane import DataPlane
 from app.models.registry import ModelRegistry
 
@@ -20,15 +20,6 @@ async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-def _given_key(request: Request) -> str | None:
-    """The key sent as `X-API-Key` or as a bearer token; None when there is none (or it is empty)."""
-    given = request.headers.get("x-api-key")
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token if scheme.lower() == "bearer" else None
-    return given or None
-
-
 def _check_access(request: Request, operation: Operation) -> None:
     """The data plane's access check (`app.dataplane.access`) with the key the request carries and the model
     its path names; the accepted key is kept as `request.state.api_key` (None when none was needed) for the
@@ -36,7 +27,8 @@ def _check_access(request: Request, operation: Operation) -> None:
     access: AccessPolicy = request.app.state.dataplane.access
     request.state.api_key = None
     if access.requires_key(operation):
-        request.state.api_key = access.check(_given_key(request), operation, request.path_params.get("name"))
+        request.state.api_key = access.check(given_key(request.headers.get("x-api-key"), request.headers.get("authorization")),
+                                               operation, request.path_params.get("name"))
 
 
 def check_chosen_model(request: Request, model: str) -> None:

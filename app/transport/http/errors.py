@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +34,7 @@ from app.errors import (
     UnprocessableInput,
     UnsupportedMediaType,
 )
+from app.observability.logs import new_error_id, with_error_id
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ def headers_for(exc: ServiceError) -> dict[str, str] | None:
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="model-serving"' + (', error="invalid_token"' if exc.key_given else "")}
     return None
-
-
-def new_error_id() -> str:
-    return os.urandom(8).hex()
-
-
-def with_error_id(message: str, error_id: str) -> str:
-    return f"{message} (error id {error_id}; the server log has the cause)"
 
 
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

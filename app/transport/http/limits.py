@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.transport.http.arrival import RECEIVED_AT, arrival_time
-from app.transport.http.middleware import REQUEST_ID_HEADER, request_id_for
+from app.transport.http.middleware import REQUEST_ID_HEADER, request_id_of
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -160,7 +160,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             "code": "request_header_fields_too_large",
         }).encode()
         # The X-Request-ID that RequestId gives every other answer: the client's, if it came before the limit.
-        headers = [*self.server_state.default_headers, (REQUEST_ID_HEADER, request_id_for(self.headers))]
+        headers = [*self.server_state.default_headers, (REQUEST_ID_HEADER, request_id_of(self.headers))]
         head = [STATUS_LINE[431]]
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]

@@ -3,8 +3,6 @@ size limit."""
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Iterable
 
@@ -13,22 +11,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, RateLimited, ServiceError
 from app.intake_load import IntakeLoad
-from app.observability.logs import REQUEST_ID
+from app.observability.logs import REQUEST_ID, request_id_for
 from app.observability.metrics import Metrics
 from app.transport.http.arrival import RECEIVED_AT
 from app.transport.http.errors import unexpected_error_response
 
 REQUEST_ID_HEADER = b"x-request-id"
-# A client's id is kept when it is this plain and short; anything else (which could forge log lines or
-# bloat them) is replaced by a new one.
-USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
 
 
-def request_id_for(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The id of a request with these (lower-case) headers: its `X-Request-ID` when usable, else 32 random hex
-    digits."""
-    given = next((value for name, value in headers if name == REQUEST_ID_HEADER), None)
-    return given if given is not None and USABLE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex().encode()
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The id of a request with these (lower-case) headers (`app.observability.logs.request_id_for`)."""
+    return request_id_for(next((value for name, value in headers if name == REQUEST_ID_HEADER), None))
 
 
 class RequestId:
@@ -46,7 +39,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_for(scope["headers"])
+        request_id = request_id_of(scope["headers"])
         # Not reset afterwards: each request runs in its own task, with its own context.
         REQUEST_ID.set(request_id.decode())
         header = (REQUEST_ID_HEADER, request_id)
@@ -94,8 +87,8 @@ class RequestMetrics:
     def _request_series(self, route: str, model: str, status: int) -> tuple[Counter, Histogram]:
         series = self._series.get((route, model, status))
         if series is None:
-            series = (self.metrics.requests.labels(route, model, str(status)),
-                      self.metrics.request_duration.labels(route, model))
+            series = (self.metrics.requests.labels("http", route, model, str(status)),
+                      self.metrics.request_duration.labels("http", route, model))
             self._series[(route, model, status)] = series
         return series
 

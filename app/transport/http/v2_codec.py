@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.dataplane.tensors import DATATYPE_OF_DTYPE, from_bytes, from_values, tensor_head
+from app.dataplane.tensors import DATATYPE_OF_DTYPE, from_bytes, from_values, raw_size, tensor_head
 from app.errors import InvalidInput, UnprocessableInput
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -70,7 +70,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
         if size is None:
             tensors[item.name] = from_values(tensor, item.data)
             continue
-        if not isinstance(size, int) or size != tensor.count * tensor.dtype.itemsize or offset + size > len(binary):
+        expected = raw_size(tensor)
+        if (not isinstance(size, int) or size < 0 or expected is not None and size != expected
+                or offset + size > len(binary)):
             raise InvalidInput(f"input {item.name!r}: binary_data_size {size} does not match shape "
                                f"{item.shape} of {item.datatype} or the bytes sent")
         tensors[item.name] = from_bytes(tensor, binary[offset:offset + size])
