@@ -19,6 +19,7 @@ from app.topology.roles import NoRoleHandedOver, ServerRole
 from app.topology.shutdown import defer_sigterm
 from app.topology.tls import TlsUnusable, tls_options
 from app.topology.topology import choose_topology
+from app.transport.grpc.server import GrpcTransport
 from app.transport.http.application import create_app
 from app.transport.http.limits import LimitedHttpToolsProtocol
 
@@ -37,7 +38,9 @@ def create_served_app() -> FastAPI:
     except NoRoleHandedOver as exc:
         logger.error("%s", exc)
         sys.exit(STARTUP_FAILURE)
-    app = create_app(settings, role)
+    # Several processes share the gRPC port as they share the HTTP one (app.topology.reuse_port).
+    transports = [GrpcTransport(settings, reuse_port=role.directory is not None)] if settings.grpc_port else []
+    app = create_app(settings, role, transports)
     defer_sigterm(app.state.registry.stop_intake, settings.shutdown_delay_s)
     return app
 

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="serve the Open Inference Protocol v2 over gRPC on this port too (8001 beside HTTP's 8000, as "
+        "Triton and KServe do); unset: no gRPC",
+    )
 
     # ONNX Runtime.
     providers: str = Field(
@@ -169,6 +174,12 @@ class Settings(BaseSettings):
                              "(python -m app.healthcheck) sends one of them, and a keys file holds only hashes")
         if not self.public_metrics and not self.keys_configured:
             raise ValueError("SERVE_PUBLIC_METRICS=false needs SERVE_API_KEY, SERVE_API_KEYS or SERVE_API_KEYS_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> Settings:
+        if self.grpc_port is not None and self.grpc_port == self.port:
+            raise ValueError(f"SERVE_GRPC_PORT and SERVE_PORT are both {self.port}: gRPC needs a port of its own")
         return self
 
     @model_validator(mode="after")

@@ -50,8 +50,9 @@ class Workers:
     supervises them, replacing any that dies."""
 
     def __init__(self, count: int, *, shared_inference: bool, graceful_shutdown_s: float,
-                 url_scheme: str) -> None:
+                 url_scheme: str, grpc_port: int | None = None) -> None:
         self.count = count
+        self.grpc_port = grpc_port  # each worker serves gRPC on it too (app.transport.grpc.server)
         self.url_scheme = url_scheme  # for the log line: the TLS options come with the uvicorn options
         self.shared_inference = shared_inference
         self.graceful_shutdown_s = graceful_shutdown_s
@@ -61,11 +62,15 @@ class Workers:
         worker fails to start."""
         host, port = options["host"], options["port"]
         # Each worker listens on a socket of its own (app.topology.reuse_port); this one only keeps the port reserved.
-        try:
-            reserved = reserve_port(host, port)
-        except OSError as exc:
-            logger.error("cannot serve on %s:%d: %s", host, port, exc)
-            sys.exit(STARTUP_FAILURE)
+        ports = [port] if self.grpc_port is None else [port, self.grpc_port]
+        reservations = []
+        for each in ports:
+            try:
+                reservations.append(reserve_port(host, each))
+            except OSError as exc:
+                logger.error("cannot serve on %s:%d: %s", host, each, exc)
+                sys.exit(STARTUP_FAILURE)
+        reserved = reservations[0]
         # Made before the workers start: prometheus-client reads its location when each worker imports it.
         directory = Path(tempfile.mkdtemp(prefix="modelserver-workers-"))
         os.environ[SHARED_DIRECTORY_ENV] = str(directory)
@@ -82,7 +87,8 @@ class Workers:
         finally:
             if inference is not None:  # after the workers: they drained through it
                 inference.stop(self.graceful_shutdown_s)
-            reserved.close()
+            for held in reservations:
+                held.close()
             shutil.rmtree(directory, ignore_errors=True)
         # uvicorn's supervisor stops when a worker fails to start (SERVE_STRICT_STARTUP), but returns as from a
         # clean stop: exit as a single process would, so that a process manager sees the failure.
@@ -103,4 +109,5 @@ def choose_topology(settings: Settings) -> SingleProcess | Workers:
     if count == 1 and not settings.shared_inference:
         return SingleProcess()
     return Workers(count, shared_inference=settings.shared_inference,
-                   graceful_shutdown_s=settings.graceful_shutdown_s, url_scheme=settings.url_scheme)
+                   graceful_shutdown_s=settings.graceful_shutdown_s, url_scheme=settings.url_scheme,
+                   grpc_port=settings.grpc_port)

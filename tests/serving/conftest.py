@@ -85,8 +85,9 @@ def reviews() -> list[str]:
 
 
 def start_limited_server(workdir: Path) -> ServerProcess:
-    """A server of both bundled models, ready, with the low request limits above (also used by tests/fuzz)."""
-    process = ServerProcess(MODELS_DIR, workdir, {
+    """A server of both bundled models, ready, with the low request limits above, and gRPC (also used by
+    tests/fuzz)."""
+    process = ServerProcess(MODELS_DIR, workdir, grpc=True, env={
         "SERVE_MODELS": f"{IMAGE_MODEL},{TEXT_MODEL}",
         "SERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
@@ -139,11 +140,12 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start extra servers for one test (`start_server(models_dir, SERVE_X=...)`); all stopped at the end."""
+    """Start extra servers for one test (`start_server(models_dir, SERVE_X=..., grpc=True)`); all stopped at the
+    end."""
     started: list[ServerProcess] = []
 
-    def start(models: Path, **env: str) -> ServerProcess:
-        process = ServerProcess(models, tmp_path / f"server-{len(started)}", env)
+    def start(models: Path, *, grpc: bool = False, **env: str) -> ServerProcess:
+        process = ServerProcess(models, tmp_path / f"server-{len(started)}", env, grpc=grpc)
         started.append(process)
         return process.start()
 

@@ -188,19 +188,29 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m app` in a subprocess on a free loopback port, its output kept in a log file."""
+    """`python -m app` in a subprocess on a free loopback port (and, with `grpc`, gRPC on another), its output
+    kept in a log file."""
 
-    def __init__(self, models_dir: Path, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, models_dir: Path, workdir: Path, env: Mapping[str, str] | None = None, *,
+                 grpc: bool = False) -> None:
         self.models_dir = models_dir
         self.workdir = workdir
         self.extra_env = dict(env or {})
         self.log_path = workdir / "server.log"
         self.port = 0
+        self.grpc = grpc
+        self.grpc_port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC address, as tritonclient.grpc and grpc.insecure_channel take it."""
+        assert self.grpc, "this server was started without gRPC"
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         """Start the server and wait until /health/live answers; retries once if the port was taken."""
@@ -208,7 +218,8 @@ class ServerProcess:
             self._spawn()
             if self._wait_live(timeout):
                 return self
-            if "address already in use" not in self.log().lower():
+            log = self.log().lower()
+            if "address already in use" not in log and "failed to bind" not in log:
                 break
         self.stop()
         pytest.fail(f"the server did not answer /health/live within {timeout:.0f} s\n--- server log ---\n{self.log()}")
@@ -221,6 +232,7 @@ class ServerProcess:
             "SERVE_MODELS_DIR": str(self.models_dir),
             "SERVE_HOST": "127.0.0.1",
             "SERVE_PORT": str(self.port),
+            **({"SERVE_GRPC_PORT": str(self.grpc_port)} if self.grpc else {}),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         })
@@ -229,6 +241,7 @@ class ServerProcess:
 
     def _spawn(self) -> None:
         self.port = free_port()
+        self.grpc_port = free_port() if self.grpc else 0
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # cwd is a scratch folder so no stray .env file changes the settings.

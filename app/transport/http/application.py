@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI
 
@@ -35,9 +36,17 @@ Image and text classifiers served with ONNX Runtime and dynamic batching.
 """
 
 
-def create_app(settings: Settings, role: ServerRole) -> FastAPI:
+class Transport(Protocol):
+    """Another transport served by this process beside HTTP (app.transport.grpc): it serves while `serving` is
+    entered, over the same data plane, metrics and intake load."""
+
+    def serving(self, dataplane: DataPlane, metrics: Metrics, load: IntakeLoad) -> AbstractAsyncContextManager[None]: ...
+
+
+def create_app(settings: Settings, role: ServerRole, transports: Sequence[Transport] = ()) -> FastAPI:
     """Build the service for one server process playing `role` in the topology `python -m app` chose (alone,
-    or one of several workers). Models load in the background after start-up; `/health/ready` says when."""
+    or one of several workers), serving `transports` too for as long as it runs. Models load in the background
+    after start-up; `/health/ready` says when."""
     workers = role.board()
     load = IntakeLoad()
     metrics = Metrics(workers)
@@ -46,6 +55,9 @@ def create_app(settings: Settings, role: ServerRole) -> FastAPI:
                   if role.shared_inference and role.directory is not None
                   else local_models(settings, metrics, load, role.timing_turn()))
     registry = ModelRegistry(settings, metrics, make_model, workers)
+    # The keys' quotas hold for the whole instance: one table shared by every worker (app.dataplane.quotas).
+    quotas = Quotas.private() if role.directory is None else Quotas.shared(role.directory / KEY_QUOTAS, role.workers)
+    dataplane = DataPlane(settings, registry, quotas)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +66,11 @@ def create_app(settings: Settings, role: ServerRole) -> FastAPI:
         if settings.strict_startup:
             await loading  # raises when a model cannot be served: start-up fails and the process exits
         try:
-            yield
+            async with AsyncExitStack() as others:
+                for transport in transports:
+                    await others.enter_async_context(transport.serving(dataplane, metrics, load))
+                yield
+            # Here the HTTP server has drained, and every other transport too.
         finally:
             logger.info("shutting down: draining model queues")
             loading.cancel()  # a model still loading is not waited for; its thread ends with the process
@@ -66,9 +82,7 @@ def create_app(settings: Settings, role: ServerRole) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    # The keys' quotas hold for the whole instance: one table shared by every worker (app.dataplane.quotas).
-    quotas = Quotas.private() if role.directory is None else Quotas.shared(role.directory / KEY_QUOTAS, role.workers)
-    app.state.dataplane = DataPlane(settings, registry, quotas)
+    app.state.dataplane = dataplane
     install_error_handlers(app)
     routers = (predict.router, health.router, v2.router, v2.infer_router)
     for router in routers:
