@@ -154,7 +154,7 @@ def test_a_full_queue_answers_unavailable_with_a_retry_hint(holding: ServerProce
 
 # Keys ------------------------------------------------------------------------------------------------
 
-INFER_KEY, ADMIN_KEY = "grpc-infer-key-1", "grpc-admin-key-2"
+INFER_KEY, ADMIN_KEY, SLOW_KEY = "grpc-infer-key-1", "grpc-admin-key-2", "grpc-slow-key-3"
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,8 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, image_model: ModelUnderTest,
     keys_file.write_text("".join(
         f'[[key]]\nid = "{key_id}"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\nrole = "{role}"\n{models}\n'
         for key_id, key, role, models in [("digits", INFER_KEY, "infer", f'models = ["{image_model.name}"]'),
-                                          ("ops", ADMIN_KEY, "admin", "")]))
+                                          ("ops", ADMIN_KEY, "admin", ""),
+                                          ("slow", SLOW_KEY, "infer", "rate_per_s = 0.05\nburst = 1")]))
     server = ServerProcess(MODELS_DIR, workdir, grpc=True, env={
         "SERVE_MODELS": f"{image_model.name},{text_model.name}", "SERVE_API_KEYS_FILE": str(keys_file)})
     server.start().wait_ready()
@@ -205,6 +206,23 @@ def test_the_same_keys_and_roles_as_rest(keyed: ServerProcess, image_model: Mode
     client.load_model(text_model.name, headers=admin)
     assert client.is_model_ready(text_model.name, headers=admin)
     client.close()
+
+
+def test_a_key_over_its_rate_is_resource_exhausted_with_a_retry_hint(keyed: ServerProcess,
+                                                                       image_model: ModelUnderTest) -> None:
+    pixels = np.zeros([1, *image_model.config.inputs[0].shape[1:]], dtype=np.float32)
+    with keyed.client() as http, grpc.insecure_channel(keyed.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        key = (("x-api-key", SLOW_KEY),)
+        assert logits_of(stub.ModelInfer(pixels_request(image_model, pixels), timeout=30, metadata=key)).shape == (1, 10)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(pixels_request(image_model, pixels), timeout=30, metadata=key)
+        samples = scrape(http)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    trailers = dict(caught.value.trailing_metadata())
+    assert trailers["x-error-code"] == "rate_limited" and int(trailers["retry-after"]) >= 1
+    assert value(samples, "modelserver_key_refusals_total", key="slow", model=image_model.name) == 1
+    assert value(samples, "modelserver_key_requests_total", key="slow", model=image_model.name) == 2
 
 
 # Drain on SIGTERM ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 from app.dataplane.access import Operation, given_key
 from app.dataplane.keys import Key
 from app.dataplane.plane import DataPlane
-from app.errors import InferenceFailed, ServiceError
+from app.errors import InferenceFailed, RateLimited, ServiceError
 from app.intake_load import IntakeLoad
 from app.observability.logs import REQUEST_ID, new_error_id, request_id_for, with_error_id
 from app.observability.metrics import Metrics
@@ -111,7 +111,7 @@ class Calls:
             response = await handler(request, call)
         except ServiceError as exc:
             status = status_code_for(exc)
-            self._done(method, call, status)
+            self._done(method, call, status, exc.code)
             await self._abort(context, method, call, status, exc, request_id)
             raise  # not reached: abort raises
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
@@ -122,7 +122,7 @@ class Calls:
             logger.error("unhandled error on %s, error id %s", method, error_id, exc_info=exc,
                          extra={"error_id": error_id})
             self.metrics.errors.labels(call.model, ServiceError.code).inc()
-            self._done(method, call, grpc.StatusCode.INTERNAL)
+            self._done(method, call, grpc.StatusCode.INTERNAL, ServiceError.code)
             await context.abort(grpc.StatusCode.INTERNAL, with_error_id("internal server error", error_id),
                                 ((REQUEST_ID_KEY, request_id), (ERROR_CODE_KEY, ServiceError.code)))
             raise  # not reached
@@ -130,11 +130,16 @@ class Calls:
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return response
 
-    def _done(self, method: str, call: Call, status: grpc.StatusCode) -> None:
+    def _done(self, method: str, call: Call, status: grpc.StatusCode, error_code: str | None = None) -> None:
         self._count_in_flight(-1)
         requests, durations = self._request_series(method, call.model, status.name)
         requests.inc()
         durations.observe(time.perf_counter() - call.received_at)
+        if call.model:  # a model request (ModelInfer): counted by key id too, as over HTTP
+            key_id = call.api_key.id if call.api_key is not None else ""
+            self.metrics.key_requests.labels(key_id, call.model).inc()
+            if error_code == RateLimited.code:
+                self.metrics.key_refusals.labels(key_id, call.model).inc()
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str, call: Call, status: grpc.StatusCode,
                      exc: ServiceError, request_id: str) -> None:

@@ -1,14 +1,15 @@
 """The gRPC answer to every failure: each `app.errors` error's status code, details and trailing metadata.
 
 The details are the error's message (what REST answers in `error`); the trailing metadata carry its
-machine-readable `code` (`x-error-code`) and, for a refusal to retry, `retry-after` in seconds (REST's
-`Retry-After`). An inference failure names an error id, as over REST, and the log line with that id has the
+machine-readable `code` (`x-error-code`) and, for a refusal to retry, `retry-after` in whole seconds (REST's
+`Retry-After`). A key over its quota is RESOURCE_EXHAUSTED; a server that cannot take the request now is
+UNAVAILABLE. An inference failure names an error id, as over REST, and the log line with that id has the
 cause.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 
 import grpc
 
@@ -21,14 +22,13 @@ from app.errors import (
     ModelLoadFailed,
     ModelNotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
     Unauthorized,
     Unavailable,
     UnprocessableInput,
     UnsupportedMediaType,
 )
-
-logger = logging.getLogger(__name__)
 
 ERROR_CODE_KEY = "x-error-code"
 RETRY_AFTER_KEY = "retry-after"
@@ -45,6 +45,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelLoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
     # What gRPC answers a message over grpc.max_receive_message_length with, too.
     PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the key's quota: retry after its hint
     Unavailable: grpc.StatusCode.UNAVAILABLE,  # not ready, queue full, shutting down: retry after a while
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ClientDisconnected: grpc.StatusCode.CANCELLED,
@@ -63,4 +64,6 @@ def trailers_for(exc: ServiceError) -> list[tuple[str, str]]:
     trailers = [(ERROR_CODE_KEY, exc.code)]
     if isinstance(exc, Unavailable):
         trailers.append((RETRY_AFTER_KEY, str(exc.retry_after)))
+    elif isinstance(exc, RateLimited):
+        trailers.append((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s)))))
     return trailers

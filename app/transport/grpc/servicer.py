@@ -92,9 +92,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # From here to the batcher's queue nothing awaits, so a model swap (RepositoryModelLoad) cannot come between.
         model = dataplane.model(request.model_name, _version(request.model_version))
         call.model = model.name
-        inputs = dataplane.rows(model, converters.request_tensors(request))
-        output_names = tuple(item.name for item in request.outputs)
-        outputs = await dataplane.infer(model, inputs, output_names, call.deadline(), call.gone)
+        with dataplane.admit(call.api_key, model):  # the key's quotas, held until the answer
+            inputs = dataplane.rows(model, converters.request_tensors(request))
+            output_names = tuple(item.name for item in request.outputs)
+            outputs = await dataplane.infer(model, inputs, output_names, call.deadline(), call.gone)
         return converters.infer_response(model.name, str(model.config.version), request.id, outputs)
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
@@ -104,7 +105,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse:
         """Serve the latest version of the model in the repository (REST: POST /v2/repository/models/{name}/load)."""
         call.check(Operation.REPOSITORY, request.model_name)
-        call.model = request.model_name
         await self.dataplane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
@@ -114,7 +114,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse:
         call.check(Operation.REPOSITORY, request.model_name)
-        call.model = request.model_name
         await self.dataplane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
