@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from training_support import write_table
+from training_support import write_idx, write_table
 
 from training.cli import main
 from training.data.idx import load_idx_dataset, read_idx
@@ -17,12 +15,6 @@ from training.data.image_folder import load_image_folder
 from training.data.splits import stratified_split
 from training.data.text_tables import encode_labels, label_values, read_text_table
 from training.errors import DatasetError
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from model_repository import ModelConfig, file_sha256, load_config
+from model_repository.reference import ReferenceProfile, load_reference
 
 
 def check_published(directory: Path) -> ModelConfig:
@@ -21,6 +25,7 @@ def check_published(directory: Path) -> ModelConfig:
         expected.add("tokenizer.json")
     assert {path.name for path in directory.iterdir()} == expected  # one ONNX file, no external data
     assert json.loads((directory / "metrics.json").read_text()) == config.metrics.model_dump()
+    check_held_out_reference(load_reference(directory), config)
     graph = onnx.load(str(directory / config.onnx_file)).graph
     assert [i.name for i in graph.input] == [spec.name for spec in config.inputs]
     assert graph.output[0].name == "logits"
@@ -31,6 +36,18 @@ def check_published(directory: Path) -> ModelConfig:
     assert config.training["torch_version"]
     assert config.training["parameters"] > 0
     return config
+
+
+def check_held_out_reference(reference: ReferenceProfile | None, config: ModelConfig) -> None:
+    """The reference profiles the held-out split the metrics measured: same samples, same accuracy, and each
+    label predicted as often as its column of the confusion matrix says."""
+    assert reference is not None and reference.source == "held_out"
+    assert reference.description.startswith(f"held-out {config.training['test_split']}, ")
+    assert reference.num_samples == config.metrics.num_examples
+    assert reference.accuracy == config.metrics.accuracy
+    predicted = np.asarray(config.metrics.confusion_matrix).sum(axis=0).tolist()
+    assert list(reference.label_counts) == config.labels
+    assert reference.label_counts == dict(zip(config.labels, predicted, strict=True))
 
 
 POSITIVE = [
@@ -69,3 +86,10 @@ def write_table(path: Path, rows: list[dict[str, str]], delimiter: str = ",") ->
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    """`array` as an IDX file of unsigned bytes (MNIST's format), gzipped when `compress`."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
