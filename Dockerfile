@@ -49,10 +49,11 @@ COPY models /app/models
 # uid 1000, group 0: platforms that run images under a random uid keep group 0, and everything the
 # service reads is world-readable. Nothing is written but /tmp.
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    SERVE_HOST=0.0.0.0 SERVE_PORT=8000 SERVE_MODELS_DIR=/app/models SERVE_PROVIDERS=auto
+    SERVE_HOST=0.0.0.0 SERVE_PORT=8000 SERVE_GRPC_PORT=8001 SERVE_MODELS_DIR=/app/models SERVE_PROVIDERS=auto
 WORKDIR /app
 USER 1000:0
-EXPOSE 8000
+# HTTP (REST), and gRPC (the Open Inference Protocol): 8000 and 8001, as Triton and KServe.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python3", "-m", "app.healthcheck"]
 CMD ["python3", "-m", "app"]
 
@@ -62,9 +63,10 @@ FROM ${BASE_IMAGE} AS cpu
 COPY --from=cpu-builder /opt/venv /opt/venv
 COPY models /app/models
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    SERVE_HOST=0.0.0.0 SERVE_PORT=8000 SERVE_MODELS_DIR=/app/models
+    SERVE_HOST=0.0.0.0 SERVE_PORT=8000 SERVE_GRPC_PORT=8001 SERVE_MODELS_DIR=/app/models
 WORKDIR /app
 USER 1000:0
-EXPOSE 8000
+# HTTP (REST), and gRPC (the Open Inference Protocol): 8000 and 8001, as Triton and KServe.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python3", "-m", "app.healthcheck"]
 CMD ["python3", "-m", "app"]

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="serve the Open Inference Protocol v2 over gRPC on this port too (8001 beside HTTP's 8000, as "
-        "Triton and KServe do); unset: no gRPC",
+        "Triton and KServe do); unset or empty: no gRPC",
     )
 
     # ONNX Runtime.
@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         "polls /health/ready takes to stop sending, where nothing takes the server out of rotation first "
         "(Kubernetes does: the preStop sleep in k8s/)",
     )
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_port_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_key", "api_keys")
     @classmethod

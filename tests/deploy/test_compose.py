@@ -192,6 +192,15 @@ def test_ports_are_published_on_loopback_only() -> None:
         assert port in [host for _, host, _ in published_ports(services(default_config())[name])], name
 
 
+def test_every_server_serves_grpc_on_the_published_8001() -> None:
+    """gRPC on the container's 8001 (Triton's and KServe's convention), published on the host's 8002 (8003 for
+    the gpu server, whose HTTP API has the host's 8001)."""
+    wanted = {"modelserver": 8002, "modelserver-gpu": 8003}
+    for name, service in server_services(gpu_config()).items():
+        assert service["environment"]["SERVE_GRPC_PORT"] == "8001", name
+        assert (wanted[name], 8001) in {(host, container) for _, host, container in published_ports(service)}, name
+
+
 def test_publish_address_can_be_opened_on_purpose() -> None:
     config = compose_config(env={"PUBLISH_ADDRESS": "0.0.0.0", "GRAFANA_ADMIN_PASSWORD": "s3cret"})
     assert published_ports(services(config)["grafana"])[0][0] == "0.0.0.0"
@@ -251,7 +260,7 @@ def test_prometheus_scrapes_whichever_server_runs() -> None:
 
     wanted = {(name, 8000) for name in server_services(gpu_config())}
     for name, service in server_services(gpu_config()).items():
-        assert {container for _, _, container in published_ports(service)} == {8000}, name
+        assert {container for _, _, container in published_ports(service)} == {8000, 8001}, name
     assert discovered(jobs[SERVICE_JOB]) == wanted
     assert ("dcgm-exporter", 9400) in discovered(jobs["dcgm-exporter"])
 

@@ -2,8 +2,9 @@
 
 The image is built on a Debian bookworm + Python 3.11 base made locally with debootstrap (no registry can be
 reached here; `scripts/local-base-image.sh`), run as its own non-root user with a read-only root filesystem on
-127.0.0.1, asked for an image and a text prediction and its metrics, stopped with SIGTERM (exit status 0),
-and removed. Needs root, podman, runc and debootstrap (`make test` installs them as root); skipped otherwise.
+127.0.0.1, asked for an image and a text prediction and its metrics, and over gRPC (tritonclient.grpc) for a
+text one, stopped with SIGTERM (exit status 0), and removed. Needs root, podman, runc and debootstrap (`make
+test` installs them as root); skipped otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from tests.serving.support import free_port, scrape, value
 
@@ -59,14 +62,15 @@ def image(podman: list[str]) -> Iterator[str]:
 
 
 @pytest.fixture
-def container(podman: list[str], image: str) -> Iterator[tuple[str, int]]:
-    """The image running detached on a free loopback port; its id and port. Removed afterwards."""
-    port = free_port()
+def container(podman: list[str], image: str) -> Iterator[tuple[str, int, int]]:
+    """The image running detached on free loopback ports; its id, HTTP port and gRPC port. Removed afterwards."""
+    port, grpc_port = free_port(), free_port()
     started = run_tool([*podman, "run", "--detach", "--network", "host", "--read-only",
                         "--health-interval", "disable",  # no systemd timers here; the check is run by hand
-                        "--env", "SERVE_HOST=127.0.0.1", "--env", f"SERVE_PORT={port}", image])
+                        "--env", "SERVE_HOST=127.0.0.1", "--env", f"SERVE_PORT={port}",
+                        "--env", f"SERVE_GRPC_PORT={grpc_port}", image])
     container_id = started.stdout.strip().splitlines()[-1]
-    yield container_id, port
+    yield container_id, port, grpc_port
     run_tool([*podman, "rm", "--force", container_id], check=False)
 
 
@@ -86,9 +90,9 @@ def wait_ready(podman: list[str], container_id: str, url: str, timeout: float = 
 
 
 def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
-    podman: list[str], image: str, container: tuple[str, int]
+    podman: list[str], image: str, container: tuple[str, int, int]
 ) -> None:
-    container_id, port = container
+    container_id, port, grpc_port = container
     url = f"http://127.0.0.1:{port}"
     wait_ready(podman, container_id, url)
 
@@ -110,6 +114,17 @@ def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
         for model in ("mnist-cnn", "efficientnet-lite0-imagenet", "sst2-textcnn"):
             assert value(samples, "modelserver_requests_total", protocol="http", route="/predict", model=model, status="200") == 1
         assert value(samples, "process_resident_memory_bytes") > 0
+
+    # The Open Inference Protocol over gRPC, with tritonclient.grpc as it comes (the image serves it on 8001;
+    # here on a free port, the container sharing the host's network).
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_server_ready() and client.is_model_ready("sst2-textcnn")
+    texts = triton_grpc.InferInput("text", [2], "BYTES")
+    texts.set_data_from_numpy(np.array([b"a gripping, beautifully acted film", b"a tedious mess"], dtype=object))
+    logits = client.infer("sst2-textcnn", [texts]).as_numpy("logits")
+    labels = client.get_model_config("sst2-textcnn").config.parameters["labels"].string_value.split(",")
+    assert [labels[row] for row in logits.argmax(axis=1)] == ["positive", "negative"]
+    client.close()
 
     user = run_tool([*podman, "exec", container_id, "id", "-u"]).stdout.strip()
     assert user == "1000", f"the service runs as uid {user}"

@@ -40,6 +40,7 @@ CUSTOM_GROUPS = {"monitoring.coreos.com", "serving.kserve.io"}
 OVERLAY_KINDS = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler",
                  "ServiceMonitor", "PrometheusRule"}
 KSERVE_KINDS = {"ClusterServingRuntime", "InferenceService"}
+REST_RUNTIME = "onnx-classifier-serving"
 NAME_LABEL = "app.kubernetes.io/name"
 GPU = "nvidia.com/gpu"
 # Fields of a ServingRuntime's spec (KServe's CRD, serving.kserve.io_clusterservingruntimes.yaml).
@@ -252,13 +253,19 @@ def test_rendered_prometheus_rule_carries_the_alert_groups(target: str) -> None:
                 assert job == service, f"{name}: job={job!r}, but the Service is {service}"
 
 
+def runtime_named(name: str) -> Manifest:
+    [runtime] = [item for item in render("kserve")
+                 if item["kind"] == "ClusterServingRuntime" and item["metadata"]["name"] == name]
+    return runtime
+
+
 def test_serving_runtime_is_a_v2_onnx_runtime_on_port_8080(tmp_path: Path) -> None:
-    runtime = one(render("kserve"), "ClusterServingRuntime")
+    runtime = runtime_named(REST_RUNTIME)
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
     spec = runtime["spec"]
     unknown = set(spec) - SERVING_RUNTIME_SPEC_FIELDS
     assert not unknown, f"not ServingRuntime fields: {unknown}"
-    assert spec["protocolVersions"] == ["v2"], "the service speaks v2 only (no v1, no gRPC)"
+    assert spec["protocolVersions"] == ["v2"], "v2 over REST (no v1; gRPC is the -grpc runtime)"
     onnx = [item for item in spec["supportedModelFormats"] if item["name"] == "onnx"]
     assert onnx and onnx[0].get("autoSelect") is True, spec["supportedModelFormats"]
     # KServe's webhook refuses a runtime with the same format, version, protocol and priority as another
@@ -270,6 +277,7 @@ def test_serving_runtime_is_a_v2_onnx_runtime_on_port_8080(tmp_path: Path) -> No
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["SERVE_PORT"] == "8080" and env["SERVE_HOST"] == "0.0.0.0"
     assert env["SERVE_MODELS_DIR"] == "/mnt/models"
+    assert env["SERVE_GRPC_PORT"] == "", "the REST runtime serves no gRPC port it does not declare"
     assert [port["containerPort"] for port in container["ports"]] == [8080]
     assert container["ports"][0].get("name") in (None, "http1", "h2c"), "Knative accepts only http1 or h2c"
     assert "lifecycle" not in container, "Knative refuses lifecycle hooks"
@@ -285,9 +293,32 @@ def test_serving_runtime_is_a_v2_onnx_runtime_on_port_8080(tmp_path: Path) -> No
     validate_as_pod(spec["containers"], spec["volumes"], tmp_path)
 
 
+def test_the_grpc_runtime_is_the_rest_one_on_its_h2c_port(tmp_path: Path) -> None:
+    """KServe's rules for gRPC: the one declared port is the gRPC one, named h2c (Knative speaks HTTP/2 to it
+    then), and the probes (Knative probes the declared port only) are gRPC ones on it."""
+    rest, grpc = runtime_named(REST_RUNTIME)["spec"], runtime_named(REST_RUNTIME + "-grpc")["spec"]
+    assert grpc["protocolVersions"] == ["grpc-v2"]
+    [container] = grpc["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert len(env) == len(container["env"]), "a variable set twice"
+    assert container["ports"] == [{"name": "h2c", "containerPort": int(env["SERVE_GRPC_PORT"]), "protocol": "TCP"}]
+    services = {name: container[name]["grpc"] for name in PROBES}
+    assert all(probe["port"] == int(env["SERVE_GRPC_PORT"]) for probe in services.values())
+    assert services["livenessProbe"]["service"] == "live", "liveness must not depend on the models"
+    assert services["readinessProbe"]["service"] == services["startupProbe"]["service"] == ""
+    # Everything else is the REST runtime's: the two cannot drift apart.
+    [rest_container] = rest["containers"]
+    changed = {"ports", "env", *PROBES}
+    assert {k: v for k, v in container.items() if k not in changed} == {
+        k: v for k, v in rest_container.items() if k not in changed}
+    assert {k: v for k, v in grpc.items() if k not in ("containers", "protocolVersions")} == {
+        k: v for k, v in rest.items() if k not in ("containers", "protocolVersions")}
+    validate_as_pod(grpc["containers"], grpc["volumes"], tmp_path)
+
+
 def test_inference_service_uses_the_runtime_with_a_model_repository(tmp_path: Path) -> None:
     manifests = render("kserve")
-    runtime, service = one(manifests, "ClusterServingRuntime"), one(manifests, "InferenceService")
+    runtime, service = runtime_named(REST_RUNTIME), one(manifests, "InferenceService")
     assert service["apiVersion"] == "serving.kserve.io/v1beta1"
     model = service["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "onnx"
@@ -314,9 +345,11 @@ def test_the_kserve_kustomization_names_the_runtime_image(tmp_path: Path) -> Non
     image["newName"] = "registry.example.com/team/onnx-classifier-serving"
     (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     rendered = run_tool([find_tool("kubectl"), "kustomize", str(copy)]).stdout
-    runtime = one(tuple(item for item in yaml.safe_load_all(rendered) if item), "ClusterServingRuntime")
-    [container] = runtime["spec"]["containers"]
-    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    runtimes = [item for item in yaml.safe_load_all(rendered) if item and item["kind"] == "ClusterServingRuntime"]
+    assert len(runtimes) == 2, "the REST and the gRPC runtime"
+    for runtime in runtimes:
+        [container] = runtime["spec"]["containers"]
+        assert container["image"] == f"{image['newName']}:{image['newTag']}"
     for doc in (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "kubernetes.md"):
         command = re.search(r"^ *kubectl apply -f k8s/kserve.*", doc.read_text(), re.MULTILINE)
         assert command is None, f"{doc}: `{command.group()}` skips the kustomization's images:"
@@ -338,6 +371,47 @@ def test_probes_use_the_health_routes_on_the_named_port(target: str) -> None:
         "liveness must not depend on the models, or a failed model restarts the pod in a loop")
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "10 minutes for model loading"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_grpc_is_served_on_the_named_port_and_the_service(target: str) -> None:
+    manifests = render(target)
+    container = server_container(manifests)
+    [grpc] = [port for port in container["ports"] if port["name"] == "grpc"]
+    assert settings_of(manifests)["SERVE_GRPC_PORT"] == str(grpc["containerPort"]) == "8001"
+    [service_port] = [port for port in one(manifests, "Service")["spec"]["ports"] if port["name"] == "grpc"]
+    assert service_port["targetPort"] == "grpc" and service_port["port"] == 8001
+    assert service_port["appProtocol"] == "kubernetes.io/h2c", "gRPC without TLS is HTTP/2 cleartext"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_grpc_probes_component_probes_grpc_health(version: str, tmp_path: Path) -> None:
+    """An overlay with components: [../../components/grpc-probes] probes grpc.health.v1 on the gRPC port:
+    readiness and start-up the server's readiness (service ""), liveness its liveness (service "live")."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    overlay = copy / "overlays" / "grpc-probes"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../cpu"], "components": ["../../components/grpc-probes"]}))
+    rendered = run_tool([find_tool("kubectl"), "kustomize", str(overlay)]).stdout
+    manifests = tuple(item for item in yaml.safe_load_all(rendered) if item)
+    container = server_container(manifests)
+    port = int(settings_of(manifests)["SERVE_GRPC_PORT"])
+    services = {name: container[name]["grpc"] for name in PROBES}
+    assert all(probe["port"] == port for probe in services.values()), services
+    assert services == {"startupProbe": {"port": port, "service": ""},
+                        "readinessProbe": {"port": port, "service": ""},
+                        "livenessProbe": {"port": port, "service": "live"}}
+    assert all("httpGet" not in container[name] for name in PROBES)
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "10 minutes for model loading"
+    built_in = [item for item in manifests if not is_custom(item)]
+    path = tmp_path / "grpc-probes.yaml"
+    path.write_text(yaml.safe_dump_all(built_in, sort_keys=False))
+    result = run_tool([find_tool("kubernetes-validate"), "--strict", "--kubernetes-version", version, str(path)])
+    assert (result.stdout + result.stderr).count("passed") == len(built_in), result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("target", OVERLAYS)

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from uvicorn.config import STARTUP_FAILURE
 
 from .support import ModelUnderTest, ServerProcess, assert_prediction, exit_status
@@ -22,7 +25,7 @@ class HttpsServer(ServerProcess):
 
     def __init__(self, models_dir: Path, workdir: Path, cert: Path, key: Path, **env: str) -> None:
         super().__init__(models_dir, workdir, {"SERVE_TLS_CERT_FILE": str(cert), "SERVE_TLS_KEY_FILE": str(key),
-                                               **env})
+                                               **env}, grpc=True)
         self.cert = cert
 
     @property
@@ -70,6 +73,17 @@ def test_plain_http_and_untrusting_clients_get_no_answer(https_server: HttpsServ
         httpx.get(f"http://127.0.0.1:{https_server.port}/health/live", timeout=5.0)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{https_server.url}/health/live", timeout=5.0)  # the default trust store: no such CA
+
+
+def test_grpc_is_served_over_tls_too(https_server: HttpsServer, image_model: ModelUnderTest) -> None:
+    """The gRPC port takes the same certificate: a verifying tritonclient.grpc is answered, plaintext is not."""
+    client = triton_grpc.InferenceServerClient(https_server.grpc_url, ssl=True,
+                                               root_certificates=str(https_server.cert))
+    assert client.is_server_ready() and client.is_model_ready(image_model.name)
+    client.close()
+    with grpc.insecure_channel(https_server.grpc_url) as channel, pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_container_healthcheck_over_https(https_server: HttpsServer) -> None:
