@@ -116,7 +116,20 @@ def test_rpcs_not_served_are_unimplemented(grpc_client: triton_grpc.InferenceSer
     with pytest.raises(InferenceServerException) as caught:
         getattr(grpc_client, call)()
     assert status_of(caught) == "UNIMPLEMENTED"
+    assert "not served" in caught.value.message() and "Error" not in caught.value.message()
     assert grpc_client.is_server_live()
+
+
+def test_streaming_rpcs_not_served_are_unimplemented(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(stream(iter([service_pb2.ModelInferRequest().SerializeToString()]), timeout=10))
+        with pytest.raises(grpc.RpcError) as watched:
+            list(health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10))
+    for caught in (streamed, watched):
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "not served" in str(caught.value.details())
 
 
 # Inference ---------------------------------------------------------------------------------------------

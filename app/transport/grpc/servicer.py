@@ -10,6 +10,9 @@ another name is NOT_FOUND.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -29,6 +32,15 @@ _CHECK = "/grpc.health.v1.Health/Check"
 def _version(version: str) -> str | None:
     """The protocol's empty version: the one served."""
     return version or None
+
+
+def _not_served(method: str) -> Callable[..., Awaitable[None]]:
+    """An RPC left out: UNIMPLEMENTED, where the generated base classes' details name a Python exception."""
+
+    async def answer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served by this server")
+
+    return answer
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -118,8 +130,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+for _method in [name for name in vars(pb_grpc.GRPCInferenceServiceServicer)
+                if not name.startswith("_") and name not in vars(InferenceServicer)]:
+    setattr(InferenceServicer, _method, _not_served(_method))
+
+
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """`grpc.health.v1.Health/Check`, for Kubernetes' gRPC probes (services: see the module docstring)."""
+    """`grpc.health.v1.Health/Check`, for Kubernetes' gRPC probes (services: see the module docstring);
+    `Watch` is not served."""
+
+    Watch = _not_served("Watch")
 
     def __init__(self, dataplane: DataPlane, calls: Calls) -> None:
         self.dataplane = dataplane
