@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,31 @@ def cpus_per_worker(workers: int) -> int:
     return max(1, usable_cpus() // workers)
 
 
+_preloading = threading.Lock()
+_preloaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN into this process, once, before its first CUDA session.
+
+    The CUDA provider library finds the libraries of NVIDIA's pip wheels (onnxruntime-gpu's `cuda` and `cudnn`
+    extras, which the gpu image installs) only once they are loaded: `onnxruntime.preload_dlls()` loads them
+    from the wheels, else from the system's library path. What it prints about a library it could not load is
+    logged as a warning; the driver's libcuda.so.1 is not among them (ONNX Runtime loads it with the provider).
+    """
+    global _preloaded
+    with _preloading:
+        if _preloaded:
+            return
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            ort.preload_dlls()
+        _preloaded = True
+    if printed.getvalue().strip():
+        logger.warning("preloading CUDA and cuDNN: %s", " ".join(printed.getvalue().split()))
+    logger.info("preloaded CUDA and cuDNN for the CUDA execution provider (onnxruntime.preload_dlls)")
+
+
 class ProviderUnavailable(RuntimeError):
     """An execution provider named explicitly in the settings cannot run the session."""
 
@@ -115,6 +143,8 @@ def create_session(
         )
     if missing:
         logger.warning("%s: providers %s are not in this ONNX Runtime build; using %s", model_path, missing, usable)
+    if CUDA in usable:
+        preload_cuda_libraries()
     session = ort.InferenceSession(
         str(model_path),
         sess_options=options,

@@ -10,9 +10,6 @@ test` installs them as root); skipped otherwise.
 from __future__ import annotations
 
 import json
-import os
-import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -22,43 +19,15 @@ import tritonclient.grpc as triton_grpc
 
 from tests.serving.support import free_port, scrape, value
 
-from .conftest import REPO_ROOT, find_tool, run_tool
+from .conftest import BASE_IMAGE, REPO_ROOT, build_image, bytes_over_base, run_tool, wait_ready
 
 pytestmark = pytest.mark.container
-
-BASE_IMAGE = "localhost/bookworm-python:latest"
-BUILD_TIMEOUT_S = 600
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[list[str]]:
-    """The podman command, with this project's settings for machines like CI's (tests/deploy/containers.conf)."""
-    if os.geteuid() != 0:
-        pytest.skip("the container test needs root (rootless podman is not set up here)")
-    for tool in ("runc", "debootstrap"):
-        find_tool(tool)
-    previous = os.environ.get("CONTAINERS_CONF")
-    os.environ["CONTAINERS_CONF"] = str(REPO_ROOT / "tests" / "deploy" / "containers.conf")
-    yield [find_tool("podman")]
-    if previous is None:
-        os.environ.pop("CONTAINERS_CONF")
-    else:
-        os.environ["CONTAINERS_CONF"] = previous
 
 
 @pytest.fixture(scope="module")
 def image(podman: list[str]) -> Iterator[str]:
-    """The `cpu` target built on the local base image; removed afterwards with its build stage's untagged
-    image, so repeated runs do not fill the disk (the base image is kept: making it takes a minute)."""
-    run_tool([str(REPO_ROOT / "scripts" / "local-base-image.sh"), BASE_IMAGE], timeout=BUILD_TIMEOUT_S)
-    tag = f"localhost/onnx-classifier-serving-test:{uuid.uuid4().hex[:12]}"
-    run_tool([*podman, "build", "--format", "docker", "--network", "host",
-              "--volume", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-              "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--target", "cpu", "--tag", tag, "."],
-             timeout=BUILD_TIMEOUT_S)
-    yield tag
-    run_tool([*podman, "rmi", "--force", tag], check=False)
-    run_tool([*podman, "image", "prune", "--force"], check=False)
+    """The `cpu` target built on the local base image; removed afterwards."""
+    yield from build_image(podman, "cpu")
 
 
 @pytest.fixture
@@ -72,21 +41,6 @@ def container(podman: list[str], image: str) -> Iterator[tuple[str, int, int]]:
     container_id = started.stdout.strip().splitlines()[-1]
     yield container_id, port, grpc_port
     run_tool([*podman, "rm", "--force", container_id], check=False)
-
-
-def wait_ready(podman: list[str], container_id: str, url: str, timeout: float = 60.0) -> None:
-    """Poll /health/ready until it answers 200; fail with the container's log if it does not in time."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url, timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/health/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-    logs = run_tool([*podman, "logs", container_id], check=False)
-    pytest.fail(f"the container was not ready within {timeout:.0f} s\n{logs.stdout}\n{logs.stderr}")
 
 
 def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
@@ -141,8 +95,6 @@ def test_the_image_serves_predictions_as_a_non_root_user_and_stops_cleanly(
 
 def test_the_serving_layers_stay_small(podman: list[str], image: str) -> None:
     """What the project adds to the base (virtualenv and models) stays small; the README quotes the sizes."""
-    layers = json.loads(run_tool([*podman, "history", "--format", "json", image]).stdout)
-    base = json.loads(run_tool([*podman, "history", "--format", "json", BASE_IMAGE]).stdout)
-    added_mb = (sum(layer["size"] for layer in layers) - sum(layer["size"] for layer in base)) / 1e6
+    added_mb = bytes_over_base(podman, image) / 1e6
     print(f"image {image}: {added_mb:.0f} MB on top of {BASE_IMAGE}")
     assert added_mb < 400, f"the serving layers take {added_mb:.0f} MB"
