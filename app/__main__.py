@@ -1,6 +1,7 @@
-"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT (HTTPS with SERVE_TLS_*: app.topology.tls), in
-the processes the settings ask for (app.topology.topology), with the request head limits and arrival stamps
-(app.transport.http.limits) and the SIGTERM intake stop (app.topology.shutdown). It is the one supported way to
+"""`python -m app`: serve with uvicorn on SERVE_HOST:SERVE_PORT (HTTPS with SERVE_TLS_*: app.topology.tls), and
+gRPC on SERVE_GRPC_PORT when set (app.transport.grpc), in the processes the settings ask for
+(app.topology.topology), with the request head limits and arrival stamps (app.transport.http.limits) and the
+SIGTERM intake stop (app.topology.shutdown). It is the one supported way to
 run the service: the app factory refuses to start in a process it did not hand a role to."""
 
 from __future__ import annotations
