@@ -30,6 +30,7 @@ from .support import (
     ServerProcess,
     batches_larger_than_one,
     edit_config,
+    exit_status,
     scrape,
     value,
 )
@@ -331,13 +332,7 @@ def test_fp16_raw_input(tmp_path: Path, start_server: StartServer, image_model: 
 
 def test_a_second_server_cannot_take_the_grpc_port(start_server: StartServer, image_model: ModelUnderTest) -> None:
     first = start_server(MODELS_DIR, grpc=True, SERVE_MODELS=image_model.name)
-    second = ServerProcess(MODELS_DIR, first.workdir.parent / "second", {
-        "SERVE_MODELS": image_model.name, "SERVE_GRPC_PORT": str(first.grpc_port)})
-    second._spawn()  # on a free HTTP port, and the first one's gRPC port
-    assert second.process is not None
-    try:
-        status = second.process.wait(60)
-    finally:
-        second.stop()
-    assert status != 0, second.log()
+    status, log = exit_status(MODELS_DIR, first.workdir.parent / "second", SERVE_MODELS=image_model.name,
+                              SERVE_GRPC_PORT=str(first.grpc_port))  # on a free HTTP port of its own
+    assert status != 0, log
     assert first.process is not None and first.process.poll() is None
