@@ -22,9 +22,12 @@ from pathlib import Path
 HOST = "127.0.0.1"
 
 
-def build_request(method: str, path: str, port: int, body: bytes = b"", content_type: str = "") -> bytes:
-    """The bytes of one HTTP/1.1 keep-alive request."""
+def build_request(method: str, path: str, port: int, body: bytes = b"", content_type: str = "",
+                  api_key: str | None = None) -> bytes:
+    """The bytes of one HTTP/1.1 keep-alive request, with `X-API-Key` when an `api_key` is given."""
     head = [f"{method} {path} HTTP/1.1", f"host: {HOST}:{port}"]
+    if api_key is not None:
+        head.append(f"x-api-key: {api_key}")
     if body or method == "POST":
         head += [f"content-type: {content_type}", f"content-length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
@@ -51,12 +54,12 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, await reader.read(), True  # no length: the body runs to the end of the connection
 
 
-async def http_get(port: int, path: str, timeout_s: float = 30) -> tuple[int, bytes]:
+async def http_get(port: int, path: str, timeout_s: float = 30, api_key: str | None = None) -> tuple[int, bytes]:
     """One GET on a fresh connection (for /metrics and readiness checks)."""
     async def get() -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            writer.write(build_request("GET", path, port))
+            writer.write(build_request("GET", path, port, api_key=api_key))
             status, body, _ = await read_response(reader)
             return status, body
         finally:

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="send the built-in sentences even when ../shared/data/sst2/dev.tsv exists (hermetic tests)")
     add("--server-env", action="append", default=[], metavar="SERVE_X=VALUE",
         help="a setting for the service (repeatable); the naive servers read the ONNX Runtime ones too")
+    add("--api-key", metavar="KEY",
+        help="send this key (X-API-Key) with every request to the services, e.g. with --server-env "
+             "SERVE_API_KEYS_FILE=keys.toml to measure keys and their quotas")
     add("--baseline", type=Path, metavar="DIR",
         help="the checkout whose service runs as `service-baseline` (e.g. `git worktree add /tmp/before HEAD~3`)")
     add("--client-cpus", type=cpu_list, default=None, help="CPUs of the load generator (default: the first)")

@@ -153,15 +153,17 @@ def measure_ceiling(when: str, config: ModelConfig, directory: Path, rows: list[
     return Ceiling(when, result.best_batch, result.best_items_per_s, result.curve, result.threads, result.seconds)
 
 
-def requests_for(server: str, port: int, case: Case, inputs: InputSet) -> list[bytes]:
-    """The prebuilt HTTP requests one server gets: the same bodies for the naive servers and the service."""
+def requests_for(server: str, port: int, case: Case, inputs: InputSet, api_key: str | None) -> list[bytes]:
+    """The prebuilt HTTP requests one server gets: the same bodies for the naive servers and the service, which
+    is also sent `api_key` (if any)."""
     if server == "trivial":
         return [build_request("GET", "/ping", port)]
     path = f"/predict?model={case.model}" if server in SERVICES else "/predict"
+    key = api_key if server in SERVICES else None
     if inputs.is_text:
-        return [build_request("POST", path, port, json.dumps({"text": text}).encode(), inputs.content_type)
+        return [build_request("POST", path, port, json.dumps({"text": text}).encode(), inputs.content_type, key)
                 for text in inputs.items]
-    return [build_request("POST", path, port, data, inputs.content_type) for data in inputs.items]
+    return [build_request("POST", path, port, data, inputs.content_type, key) for data in inputs.items]
 
 
 async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse.Namespace, cpus: set[int],
@@ -183,9 +185,9 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
             startup[name] = await server.start()
             affinity[name] = sorted(thread_affinities(server.pid))
             if name == "service":
-                batch_caps = await read_batch_caps(server.port, config.name)
+                batch_caps = await read_batch_caps(server.port, config.name, args.api_key)
             answers[name] = {}
-            generator = LoadGenerator(server.port, requests_for(name, server.port, case, inputs))
+            generator = LoadGenerator(server.port, requests_for(name, server.port, case, inputs, args.api_key))
             window = window_seconds(name, ceilings[-1], config, args)
             print(f"  {name} ready in {startup[name]:.1f} s (threads on CPUs {', '.join(affinity[name])})",
                   flush=True)

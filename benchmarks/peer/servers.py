@@ -158,9 +158,9 @@ async def read_service_metrics(port: int) -> dict[tuple[str, str], float]:
     return {(m[1], m[2]): float(m[3]) for line in body.decode().splitlines() if (m := METRIC_LINE.match(line))}
 
 
-async def read_batch_caps(port: int, model: str) -> dict[str, Any]:
+async def read_batch_caps(port: int, model: str, api_key: str | None) -> dict[str, Any]:
     """The batch caps the service's warm-up search chose for `model`, from `/models`."""
-    status, body = await http_get(port, "/models")
+    status, body = await http_get(port, "/models", api_key=api_key)
     if status != 200:
         return {}
     described = next((item for item in json.loads(body)["models"] if item["name"] == model), {})
