@@ -9,11 +9,12 @@ nothing.
 The state is a small table of rows, one per key id (so keys may come and go with rotation), each holding the
 bucket (tokens, the `time.monotonic()` of its last refill: CLOCK_MONOTONIC is system-wide on Linux) and one
 in-flight count per process column. With several workers (app.topology.workers) the table is a file in their
-shared directory, which every worker maps into memory and changes under an exclusive `flock`: the limit is
-the instance's, shared, not divided among the workers (divided, a client whose keep-alive connection lands on
-one worker would get a fraction of its limit). Each process takes a column of its own at start-up, clearing
-the columns of processes that died, so a worker that dies mid-request leaks no counts. Alone, a process keeps
-the same table in private memory. A full table reuses the row of the idle key used longest ago.
+shared directory, which every worker maps into memory and admits requests in under an exclusive `flock` (a
+worker gives a place back in its own column, without the lock): the limit is the instance's, shared, not divided
+among the workers (divided, a client whose keep-alive connection lands on one worker would get a fraction of its
+limit). Each process takes a column of its own at start-up, clearing the columns of processes that died, so a
+worker that dies mid-request leaks no counts. Alone, a process keeps the same table in private memory. A full
+table reuses the row of the idle key used longest ago.
 
 No library: pyrate-limiter shares state between processes only through SQLite (a row written per request) or a
 multiprocessing manager (a round trip to its server per request) and counts nothing in flight; `limits` shares
@@ -43,8 +44,8 @@ _PID = struct.Struct("<q")
 _ID = struct.Struct("<64s")  # a key id: at most 64 ASCII characters (app.dataplane.keys.KeyEntry)
 _BUCKET = struct.Struct("<dd")  # tokens, refilled at (monotonic seconds)
 _USED_AT = struct.Struct("<d")
-_COUNT = struct.Struct("<i")
-_BUCKET_AT, _USED_AT_AT, _COUNTS_AT = 64, 80, 88  # offsets within a row
+_COUNT = struct.Struct("i")  # native: one aligned 4-byte load or store (the standard "<i" goes byte by byte)
+_BUCKET_AT, _USED_AT_AT, _COUNTS_AT = 64, 80, 88  # offsets within a row, whose size and start are multiples of 4
 
 
 class Admission:
@@ -79,7 +80,7 @@ class Quotas:
         self._column = column
         self._row_size = _COUNTS_AT + _COUNT.size * columns
         self._rows_at = _HEADER.size + _PID.size * columns
-        self._counts = struct.Struct(f"<{columns}i")
+        self._counts = struct.Struct(f"{columns}i")  # native, as _COUNT
         self._row_of: dict[str, int] = {}  # this process's memo of each id's row, checked on use
 
     @classmethod
@@ -175,14 +176,11 @@ class Quotas:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def release(self, count_at: int) -> None:
-        """Give back the in-flight place counted at `count_at` (this process's count of a key's row)."""
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            _COUNT.pack_into(self._memory, count_at, _COUNT.unpack_from(self._memory, count_at)[0] - 1)
-        finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        """Give back the in-flight place counted at `count_at`, this process's count in a key's row. Without the
+        lock: only this process writes its column (the row is not reassigned while the count is above 0, and a
+        column is cleared only once its process is dead), and the count is one aligned native int, which other
+        processes read whole, the old value or the new."""
+        _COUNT.pack_into(self._memory, count_at, _COUNT.unpack_from(self._memory, count_at)[0] - 1)
 
     def _row(self, key_id: str, now: float) -> int:
         """The offset of `key_id`'s row, taken for it if it has none (with a full bucket); its use noted."""

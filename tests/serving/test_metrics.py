@@ -41,6 +41,7 @@ def test_predictions_are_counted(http: httpx.Client, image_model: ModelUnderTest
 
     assert grew("modelserver_requests_total", protocol="http", route="/predict", model=model, status="200") == count
     assert grew("modelserver_request_duration_seconds_count", protocol="http", route="/predict", model=model) == count
+    assert grew("modelserver_key_requests_total", key="", model=model) == count  # no key configured: key=""
     assert grew("modelserver_queue_wait_seconds_count", model=model) == count
     assert grew("modelserver_batch_size_sum", model=model) == count  # one row per request
     batches = grew("modelserver_batch_size_count", model=model)
