@@ -89,14 +89,14 @@ class Metrics:
             ["model", "kind"], namespace=NAMESPACE, registry=registry,
         )
         # By API key id (never the key), bounded by the keys configured: the requests to a model (/predict and v2
-        # infer) with each key, key="" when they needed none, and those refused by the key's quotas.
+        # infer, REST or gRPC) with each key, key="" when they needed none, and those refused by the key's quotas.
         self.key_requests = Counter(
-            "key_requests", "Model requests (/predict, v2 infer) by API key id and model; key=\"\" when no key "
-            "was needed.", ["key", "model"], namespace=NAMESPACE, registry=registry,
+            "key_requests", "Model requests (/predict, v2 infer; REST or gRPC) by API key id and model; key=\"\" "
+            "when no key was needed.", ["key", "model"], namespace=NAMESPACE, registry=registry,
         )
         self.key_refusals = Counter(
-            "key_refusals", "Model requests refused with 429 rate_limited, the key over its rate or in-flight "
-            "limit, by API key id and model.", ["key", "model"], namespace=NAMESPACE, registry=registry,
+            "key_refusals", "Model requests refused with 429 rate_limited (gRPC: RESOURCE_EXHAUSTED), the key "
+            "over its rate or in-flight limit, by API key id and model.", ["key", "model"], namespace=NAMESPACE, registry=registry,
         )
         self.queue_wait = Histogram(
             "queue_wait_seconds", "Time a request waited in its model's queue before its batch started.",
