@@ -15,6 +15,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app import keys_command
 from app.observability.logs import configure_logging
+from app.observability.tracing import TracingMisconfigured, configure_tracing, exporter_choice, wanted
 from app.settings import Settings
 from app.topology.roles import NoRoleHandedOver, ServerRole
 from app.topology.shutdown import defer_sigterm
@@ -36,7 +37,8 @@ def create_served_app() -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     try:
         role = ServerRole.handed_over()
-    except NoRoleHandedOver as exc:
+        configure_tracing("server")
+    except (NoRoleHandedOver, TracingMisconfigured) as exc:
         logger.error("%s", exc)
         sys.exit(STARTUP_FAILURE)
     # Several processes share the gRPC port as they share the HTTP one (app.topology.reuse_port).
@@ -63,7 +65,9 @@ def main() -> None:
     }
     try:
         options |= tls_options(settings)
-    except TlsUnusable as exc:
+        if wanted():  # each server process sets tracing up; a bad exporter stops the service here, once
+            exporter_choice()
+    except (TlsUnusable, TracingMisconfigured) as exc:
         logger.error("%s", exc)
         sys.exit(STARTUP_FAILURE)
     choose_topology(settings).run(APP_FACTORY, options)

@@ -7,7 +7,8 @@ is; any other exception is a model failure, which the pipeline isolates to the r
 Each executor also says what its runs are for this process:
 - `records_session_runs`: its runs are session runs this process records (batch sizes, inference time);
 - `may_run_inline`: a batch may run on the event loop, because it computes here rather than waiting on
-  another process.
+  another process;
+- `span_name`: the name of its runs' spans when tracing is on (app.observability.tracing).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Executor(Protocol):
 
     records_session_runs: bool
     may_run_inline: bool
+    span_name: str
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         """The model's outputs for the batch, one array per output of the model config, in its order."""
@@ -37,6 +39,7 @@ class LocalExecutor:
 
     records_session_runs = True
     may_run_inline = True
+    span_name = "session.run"
 
     def __init__(self, session: ort.InferenceSession, output_names: list[str]) -> None:
         self.session = session

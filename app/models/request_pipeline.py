@@ -6,6 +6,11 @@ predictions, or raw output tensors).
 order, a result or the exception that request answers with. A request that cannot be decoded fails alone, a
 model failure on a batch is retried request by request so that only the request that caused it fails, and a
 refusal by the executor (a `ServiceError`) answers every request of the batch.
+
+With tracing on (app.observability.tracing), a batch that carries a sampled request runs under a `batch` span
+linked to its requests, with `tokenize` or `decode` spans and the executor's span (`session.run`, or `inference
+link` to the inference process) under it, each with the model's name and version, the batch's rows and, for
+text, its padded length in tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from app.models.executors import Executor, Feeds
 from app.models.image_decoding import decode_image
 from app.models.text_encoding import TextEncoder
 from app.observability.quality import VersionQuality
+from app.observability import tracing
 from model_repository import ModelConfig
 from model_repository.schema import TEXT_INPUT_IDS
 
@@ -46,6 +52,7 @@ class WorkRequest:
     answer: Literal["predictions", "tensors"]
     top_k: int = 1
     output_names: tuple[str, ...] = ()
+    trace: tracing.RequestTrace | None = None  # set when tracing samples the request
 
 
 def collate(rows: Sequence[Row], pad_values: dict[str, int], left: bool = False) -> Feeds:
@@ -90,6 +97,7 @@ class RequestPipeline:
         spec = config.preprocessing
         self._pad_values = {TEXT_INPUT_IDS: spec.pad_token_id} if spec.type == "text" else {}
         self._pad_left = spec.type == "text" and spec.padding_side == "left"
+        self._model_attributes = {"model.name": config.name, "model.version": config.version}
 
     def recorded(self, preprocess_seconds: Histogram | None, inference_seconds: Histogram | None,
                  quality: VersionQuality | None) -> RequestPipeline:
@@ -100,6 +108,16 @@ class RequestPipeline:
 
     def run_batch(self, requests: Sequence[WorkRequest]) -> list[Any]:
         """Preprocess every request, run them as one batch, and split the outputs back per request."""
+        if tracing.on():
+            traces = [request.trace for request in requests if request.trace is not None]
+            if traces:
+                attributes = {**self._model_attributes, "batch.requests": len(requests),
+                              "batch.rows": sum(len(request.inputs) for request in requests)}
+                with tracing.batch_span(traces, attributes):
+                    return self._run_batch(requests)
+        return self._run_batch(requests)
+
+    def _run_batch(self, requests: Sequence[WorkRequest]) -> list[Any]:
         started = time.perf_counter()
         prepared = self._prepare(requests)
         good = [index for index, rows in enumerate(prepared) if not isinstance(rows, Exception)]
@@ -109,7 +127,8 @@ class RequestPipeline:
         feeds = self._collate([row for index in good for row in prepared[index]])
         ran = time.perf_counter()
         try:
-            outputs = self.executor.run(feeds)
+            with tracing.span(self.executor.span_name, self._run_attributes(feeds)):
+                outputs = self.executor.run(feeds)
         except ServiceError as exc:  # a refusal of the whole batch (app.models.executors), not a failure
             for index in good:
                 outcomes[index] = exc
@@ -144,15 +163,32 @@ class RequestPipeline:
             start = end
         return outcomes
 
+    def _run_attributes(self, feeds: Feeds) -> dict[str, Any] | None:
+        """The model and the batch's shape, for the executor's span, also set on the batch span; None when the
+        batch is not traced."""
+        batch = tracing.recording_span()
+        if batch is None:
+            return None
+        attributes = {**self._model_attributes, "batch.rows": len(next(iter(feeds.values())))}
+        if TEXT_INPUT_IDS in feeds:
+            attributes["batch.padded_length"] = feeds[TEXT_INPUT_IDS].shape[-1]
+        batch.set_attributes(attributes)
+        return attributes
+
     def _prepare(self, requests: Sequence[WorkRequest]) -> list[list[Row] | Exception]:
         prepared: list[list[Row] | Exception] = []
         texts = [text for request in requests if request.kind == "text" for text in request.inputs]
-        encoded = iter(self.encoder.encode(texts)) if texts and self.encoder is not None else iter(())
+        if texts and self.encoder is not None:
+            with tracing.span("tokenize"):
+                encoded = iter(self.encoder.encode(texts))
+        else:
+            encoded = iter(())
         for request in requests:
             if request.kind == "text":
                 prepared.append([next(encoded) for _ in request.inputs])
             elif request.kind == "image":
-                prepared.append(self._decode_images(request.inputs))
+                with tracing.span("decode"):
+                    prepared.append(self._decode_images(request.inputs))
             else:
                 prepared.append(list(request.inputs))
         return prepared

@@ -40,6 +40,7 @@ from app.models.loading import (
 from app.models.request_pipeline import Row, WorkRequest
 from app.models.runtime import CPU, ProviderUnavailable
 from app.models.text_encoding import TextEncoder
+from app.observability import tracing
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from model_repository import ModelConfig, ModelRepositoryError
@@ -210,7 +211,8 @@ class ServedModel:
                       deadline: float, client_gone: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         """Label, score and top-k for each text or encoded image, in order, by `deadline` (a
         `time.perf_counter()` value); not run if `client_gone()` is true when its batch forms."""
-        request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)))
+        request = WorkRequest(kind, inputs, "predictions", top_k=min(top_k, len(self.config.labels)),
+                              trace=tracing.request_trace())
         return await self._submit(request, deadline, client_gone)
 
     async def infer(self, rows: list[Row], output_names: tuple[str, ...], deadline: float,
@@ -222,7 +224,7 @@ class ServedModel:
             vocabulary = self._encoder.tokenizer.get_vocab_size()
             if any(row[TEXT_INPUT_IDS].min() < 0 or row[TEXT_INPUT_IDS].max() >= vocabulary for row in rows):
                 raise InvalidInput(f"{TEXT_INPUT_IDS} must lie in [0, {vocabulary}), the tokenizer's vocabulary")
-        request = WorkRequest("tensor", rows, "tensors", output_names=output_names)
+        request = WorkRequest("tensor", rows, "tensors", output_names=output_names, trace=tracing.request_trace())
         return await self._submit(request, deadline, client_gone)
 
     async def infer_items(self, kind: Literal["text", "image"], items: Sequence[Any], output_names: tuple[str, ...],

@@ -3,7 +3,9 @@
 Every record logged while a request is handled carries that request's id (`request_id`, the id answered in
 `X-Request-ID`): `RequestId` middleware sets it in a context variable, which each request's own asyncio task
 keeps, and a handler filter copies it onto the record. Records from outside a request (start-up, the
-batchers' worker threads) have none.
+batchers' worker threads) have none. With tracing on (app.observability.tracing), a record logged while a span
+is current also carries its `trace_id` and `span_id` (hex, as W3C `traceparent` writes them): a JSON line has
+them as fields, a text line after the request id.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 import onnxruntime as ort
+from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
+
+from app.observability import tracing
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # A client's request id is kept when it is this plain and short; anything else (which could forge log lines or
 # bloat them) is replaced by a new one.
 USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]%(trace)s: %(message)s"
 JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 # uvicorn adds an ANSI-coloured copy of some messages; a JSON line keeps the plain one.
 JSON_LEFT_OUT = ("color_message",)
@@ -46,12 +51,24 @@ def with_error_id(message: str, error_id: str) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Tags each record with the id of the request being handled; JSON lines leave the field out outside one."""
+    """Tags each record with the id of the request being handled, and with the current span's trace and span
+    ids when tracing is on; JSON lines leave the fields out where there is none."""
+
+    def __init__(self, text: bool = False) -> None:
+        super().__init__()
+        self.text = text  # the text format writes the trace ids in one field, `trace`
 
     def filter(self, record: logging.LogRecord) -> bool:
         request_id = REQUEST_ID.get()
         if request_id is not None:
             record.request_id = request_id
+        if tracing.on():
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                record.trace_id = f"{span_context.trace_id:032x}"
+                record.span_id = f"{span_context.span_id:016x}"
+                if self.text:
+                    record.trace = f" [trace {record.trace_id} span {record.span_id}]"
         return True
 
 
@@ -67,11 +84,11 @@ def logging_config(level: str, log_format: Literal["text", "json"]) -> dict[str,
             "reserved_attrs": [*RESERVED_ATTRS, *JSON_LEFT_OUT],
         }
     else:
-        formatter = {"()": "logging.Formatter", "fmt": TEXT_FORMAT, "defaults": {"request_id": "-"}}
+        formatter = {"()": "logging.Formatter", "fmt": TEXT_FORMAT, "defaults": {"request_id": "-", "trace": ""}}
     return {
         "version": 1,
         "disable_existing_loggers": False,  # the service's modules made their loggers on import
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter, "text": log_format == "text"}},
         "formatters": {"default": formatter},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"]},

@@ -18,6 +18,7 @@ import numpy as np
 from app.models.executors import Feeds
 from app.models.loading import OpenedModel, PreparedModel, on_a_single_cpu, run_warm_up_batch, text_encoder
 from app.models.request_pipeline import RequestPipeline
+from app.observability import tracing
 from app.settings import Settings
 from app.topology.inference_link import InferenceClient, wait_until_ready
 from model_repository import ModelConfig, ModelRepositoryError
@@ -29,6 +30,7 @@ class RemoteExecutor:
 
     records_session_runs = False
     may_run_inline = False
+    span_name = "inference link"
 
     def __init__(self, client: InferenceClient, config: ModelConfig, description: dict[str, Any]) -> None:
         self._client = client
@@ -38,8 +40,10 @@ class RemoteExecutor:
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         """The batch's outputs, computed in the inference process. Its refusals, and a link that is down
-        (`InferenceUnreachable`), raise `ServiceError`s; its model failures `RemoteInferenceFailed`."""
-        return self._client.call(("run", self._config.name, self._config.version, self._output_names, feeds))
+        (`InferenceUnreachable`), raise `ServiceError`s; its model failures `RemoteInferenceFailed`. A traced
+        batch sends its span's context along, for the inference process's batch to link."""
+        return self._client.call(("run", self._config.name, self._config.version, self._output_names, feeds,
+                                  tracing.link_carrier()))
 
 
 class InferenceProcessLoader:

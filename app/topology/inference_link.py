@@ -33,7 +33,8 @@ SOCKET_NAME = "inference.sock"
 _LENGTH = struct.Struct("!Q")
 
 # What the inference process is asked: `("describe", name, version)` answers the model's state and batch caps;
-# `("run", name, version, output_names, feeds)` the outputs of the batch's rows.
+# `("run", name, version, output_names, feeds, trace)` the outputs of the batch's rows, where `trace` is the
+# traced batch's W3C context (app.observability.tracing.link_carrier), or None.
 Message = tuple[Any, ...]
 
 

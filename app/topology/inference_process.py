@@ -24,6 +24,7 @@ import numpy as np
 
 from app.errors import ModelNotReady
 from app.models.registry import ModelRegistry
+from app.observability import tracing
 from app.observability.logs import configure_logging
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -95,7 +96,11 @@ def run(directory: str, stop_receiver: Connection) -> None:
     # The only process with sessions: ONNX Runtime's threads get every CPU, not a worker's share.
     settings = Settings().model_copy(update={"workers": 1})
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_serve(settings, Path(directory), stop_receiver))
+    tracing.configure_tracing("inference")  # the supervisor checked the exporter before starting it
+    try:
+        asyncio.run(_serve(settings, Path(directory), stop_receiver))
+    finally:
+        tracing.shutdown_tracing()
 
 
 async def _serve(settings: Settings, directory: Path, stop_receiver: Connection) -> None:
@@ -153,9 +158,10 @@ class _Answers:
             }
         if model is None or model.config.version != version:
             raise ModelNotReady(f"model {name!r} version {version} is not served by the inference process")
-        output_names, feeds = arguments
+        output_names, feeds, trace = arguments
         rows = len(next(iter(feeds.values())))
         split = [{input_name: batch[row] for input_name, batch in feeds.items()} for row in range(rows)]
         deadline = time.perf_counter() + self.settings.request_timeout_s
-        answers = await model.infer(split, tuple(output_names), deadline)
+        with tracing.linked_context(trace):  # the front end's batch: this process's batch links it
+            answers = await model.infer(split, tuple(output_names), deadline)
         return [np.stack([answer[output] for answer in answers]) for output in output_names]

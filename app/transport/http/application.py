@@ -14,6 +14,7 @@ from app.dataplane.plane import DataPlane
 from app.dataplane.quotas import Quotas
 from app.intake_load import IntakeLoad
 from app.models.registry import ModelRegistry
+from app.observability import tracing
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.topology.model_factories import front_end_models, local_models
@@ -24,6 +25,7 @@ from app.transport.http.errors import install_error_handlers
 from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.transport.http.routes import health, predict, v2
 from app.transport.http.routes.request_route import DirectRoutes, RequestRoute
+from app.transport.http.tracing import install_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ def create_app(settings: Settings, role: ServerRole, transports: Sequence[Transp
             loading.cancel()  # a model still loading is not waited for; its thread ends with the process
             await asyncio.gather(loading, return_exceptions=True)
             await registry.drain()
+            tracing.shutdown_tracing()  # after the drain: the last batches' spans are exported too
 
     app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)  # app.transport.http.api_docs serves them
@@ -94,4 +97,6 @@ def create_app(settings: Settings, role: ServerRole, transports: Sequence[Transp
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, load=load)
     app.add_middleware(RequestId)
+    if tracing.on():
+        install_tracing(app)
     return app

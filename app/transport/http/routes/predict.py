@@ -8,6 +8,7 @@ import json
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.dataplane.plane import DataPlane
+from app.observability import tracing
 from app.transport.http.deadlines import client_gone, refuse_if_overloaded, request_deadline
 from app.transport.http.dependencies import check_chosen_model, require_api_key
 from app.transport.http.predict_codec import read_inputs
@@ -75,11 +76,13 @@ async def predict(request: Request) -> Response:
     One input gets one prediction; a list (or several files) gets `predictions` in the same order.
     """
     dataplane: DataPlane = request.app.state.dataplane
-    inputs = await read_inputs(request, dataplane.settings)
+    with tracing.span("read"):
+        inputs = await read_inputs(request, dataplane.settings)
     served = dataplane.predict_model(inputs)
     request.state.model = served.name
     check_chosen_model(request, served.name)  # the key's model scope, the default model included
     with dataplane.admit(request.state.api_key, served):  # the key's quotas, held until the answer
         answer = await dataplane.predict(served, inputs, request_deadline(request), client_gone(request))
     # Built by the data plane, so it skips re-validation against `response_model` (kept for the docs).
-    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+    with tracing.span("answer"):
+        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from app.dataplane.metadata import TensorMetadata
 from app.dataplane.plane import DataPlane
+from app.observability import tracing
 from app.transport.http.deadlines import client_gone, refuse_if_overloaded, request_deadline
 from app.transport.http.dependencies import (
     get_dataplane,
@@ -130,17 +131,20 @@ _INFER_DEPENDENCIES = [Depends(refuse_if_overloaded), Depends(require_api_key)]
 async def infer(request: Request) -> Response:
     """Run the model on raw input tensors (JSON `data` or binary) and return the requested outputs."""
     dataplane: DataPlane = request.app.state.dataplane
-    body = await request.body()
+    with tracing.span("read"):
+        body = await request.body()
     # From here to the batcher's queue nothing awaits, so a model swap (POST .../load) cannot come between.
     model = dataplane.model(request.path_params["name"], request.path_params.get("version"))
     request.state.model = model.name
     with dataplane.admit(request.state.api_key, model):  # the key's quotas, held until the answer
-        inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-        rows = dataplane.rows(model, tensors)
+        with tracing.span("parse"):
+            inference, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+            rows = dataplane.rows(model, tensors)
         output_names = tuple(item.name for item in inference.outputs or [])
         outputs = await dataplane.infer(model, rows, output_names, request_deadline(request),
                                         client_gone(request))
-    body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
+    with tracing.span("answer"):
+        body, header_length = encode_response(model.name, str(model.config.version), inference, outputs)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream",
