@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--api-key", metavar="KEY",
         help="send this key (X-API-Key) with every request to the services, e.g. with --server-env "
              "SERVE_API_KEYS_FILE=keys.toml to measure keys and their quotas")
+    add("--service-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable of the service under test only, not of service-baseline (repeatable): a "
+             "setting measured against the same code without it, e.g. OTEL_* for tracing")
     add("--baseline", type=Path, metavar="DIR",
         help="the checkout whose service runs as `service-baseline` (e.g. `git worktree add /tmp/before HEAD~3`)")
     add("--client-cpus", type=cpu_list, default=None, help="CPUs of the load generator (default: the first)")
@@ -99,9 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--baseline DIR and the server service-baseline go together")
     if args.baseline is not None and not (args.baseline / "app" / "__main__.py").is_file():
         parser.error(f"--baseline {args.baseline}: no app/__main__.py there")
-    for item in args.server_env:
-        if "=" not in item:
-            parser.error(f"--server-env {item!r}: expected NAME=VALUE")
+    for option, items in (("--server-env", args.server_env), ("--service-env", args.service_env)):
+        for item in items:
+            if "=" not in item:
+                parser.error(f"{option} {item!r}: expected NAME=VALUE")
     return args
 
 

@@ -69,7 +69,9 @@ def markdown(results: dict[str, Any]) -> str:
         f" {min(settings['duration'], settings['trivial_duration']):g} s; heavy models: up to"
         f" {2 * settings['duration']:g} s, to hold 8 of their slowest batches) after {settings['warmup']:g} s"
         f" of warm-up; servers in the order {', '.join(settings['servers'])}."
-        f" Service settings: {', '.join(settings['server_env']) or 'defaults'}."), "",
+        f" Service settings: {', '.join(settings['server_env']) or 'defaults'}."
+        + (f" The service under test only (not service-baseline): {', '.join(settings['service_env'])}."
+           if settings.get("service_env") else "")), "",
         ("req/s: 2xx answers per second in the window. Server CPU: user+system time of the server's process tree"
         " over the window (% of one CPU, and ms per answered request). Client CPU: the load generator's"
         " process. CPU wait: time runnable threads waited for a CPU (/proc schedstat), % of the window; the"

@@ -67,6 +67,8 @@ class Server:
         bench = REPO / "benchmarks"
         self.env = {**os.environ, **service_env(args, model_dir.parent.parent, case.model, self.port),
                     **SERVICES.get(name, {})}
+        if name in SERVICES and name != "service-baseline":  # the service under test (--service-env)
+            self.env |= dict(item.split("=", 1) for item in args.service_env)
         if name == "trivial":
             self.command = [python, str(bench / "trivial_app.py"), "--port", str(self.port)]
             self.ready_path = "/ping"

@@ -3,8 +3,9 @@
 `docker-compose config` (v1, which works without a Docker engine) resolves the file with an empty
 environment and an empty env file, so the defaults are what is checked: the CPU server, Prometheus and
 Grafana start by default, the gpu profile adds the GPU server (with an NVIDIA GPU reservation) and the DCGM
-exporter, every port is published on 127.0.0.1, every mounted file is in the repository, and Prometheus and
-Grafana find what they are pointed at.
+exporter, the tracing profile the OpenTelemetry collector and Jaeger, every port is published on 127.0.0.1,
+every mounted file is in the repository, and Prometheus, Grafana and the collector find what they are pointed
+at.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ GRAFANA_PROVISIONING = REPO_ROOT / "monitoring" / "grafana" / "provisioning"
 GRAFANA_DATASOURCES = GRAFANA_PROVISIONING / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARD_PROVIDERS = GRAFANA_PROVISIONING / "dashboards" / "dashboards.yml"
 DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "dashboards" / "modelserver.json"
+COLLECTOR_CONFIG = REPO_ROOT / "monitoring" / "otel-collector" / "config.yaml"
 
 DEFAULT_SERVICES = {"modelserver", "prometheus", "grafana"}
 GPU_PROFILE_SERVICES = {"modelserver-gpu", "dcgm-exporter"}
+TRACING_PROFILE_SERVICES = {"otel-collector", "jaeger"}
+# What docs/monitoring.md and the compose file's header tell the servers to export to with the profile.
+DOCUMENTED_OTLP_ENDPOINT = "http://otel-collector:4318"
+JAEGER_OTLP_GRPC_PORT = 4317  # Jaeger v2 receives OTLP on the standard ports
 SERVER_IMAGE = "onnx-classifier-serving"
 SERVICE_JOB = "onnx-classifier-serving"
 # The app's defaults of SERVE_GRACEFUL_SHUTDOWN_S and SERVE_SHUTDOWN_DELAY_S (app/settings.py).
@@ -129,7 +135,8 @@ def server_services(config: dict[str, Any]) -> dict[str, Service]:
 @pytest.mark.parametrize("profile", [None, "gpu"])
 def test_compose_file_validates(profile: str | None) -> None:
     config = gpu_config() if profile else default_config()
-    assert set(services(config)) == DEFAULT_SERVICES | GPU_PROFILE_SERVICES, sorted(services(config))
+    assert set(services(config)) == DEFAULT_SERVICES | GPU_PROFILE_SERVICES | TRACING_PROFILE_SERVICES, (
+        sorted(services(config)))
 
 
 def test_up_alone_starts_the_cpu_server_prometheus_and_grafana() -> None:
@@ -310,3 +317,51 @@ def test_grafana_provisioning_is_mounted_and_points_at_prometheus() -> None:
     folder = host_path(grafana_service(), provider["options"]["path"])
     assert folder is not None and (folder / DASHBOARD.name).resolve() == DASHBOARD, provider
 
+
+
+# Tracing ------------------------------------------------------------------------------------------------
+
+
+def test_tracing_profile_adds_the_collector_and_jaeger() -> None:
+    config = compose_config(profile="tracing")
+    assert started_by(config, {"tracing"}) == DEFAULT_SERVICES | TRACING_PROFILE_SERVICES
+    for name in TRACING_PROFILE_SERVICES:
+        assert services(config)[name].get("profiles") == ["tracing"], name
+    assert ("127.0.0.1", 16686, 16686) in published_ports(services(config)["jaeger"])
+
+
+def test_servers_trace_only_when_given_an_endpoint() -> None:
+    """Off by default (an empty endpoint turns nothing on: app.observability.tracing); the documented endpoint
+    reaches every server, with the 10% sampler."""
+    for config, endpoint in ((default_config(), ""),
+                             (compose_config(env={"OTEL_EXPORTER_OTLP_ENDPOINT": DOCUMENTED_OTLP_ENDPOINT}),
+                              DOCUMENTED_OTLP_ENDPOINT)):
+        for name, service in server_services(config).items():
+            environment = service["environment"]
+            assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, name
+            assert environment["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio", name
+            assert float(environment["OTEL_TRACES_SAMPLER_ARG"]) == 0.1, name
+            assert "OTEL_TRACES_EXPORTER" not in environment, name
+
+
+def test_collector_receives_at_the_documented_endpoint_and_exports_to_jaeger() -> None:
+    collector = services(gpu_config())["otel-collector"]
+    [flag] = [str(arg) for arg in collector["command"] if str(arg).startswith("--config=")]
+    config_path = host_path(collector, flag.removeprefix("--config="))
+    assert config_path is not None and config_path.resolve() == COLLECTOR_CONFIG, flag
+    config = yaml.safe_load(COLLECTOR_CONFIG.read_text())
+
+    host, port = DOCUMENTED_OTLP_ENDPOINT.removeprefix("http://").split(":")
+    assert host == "otel-collector"
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["http"]["endpoint"] == f"0.0.0.0:{port}"
+    receiving = {int(protocol["endpoint"].rsplit(":", 1)[1]) for protocol in protocols.values()}
+    assert {container for _, _, container in published_ports(collector)} == receiving
+
+    [pipeline] = config["service"]["pipelines"].values()
+    for part in ("receivers", "processors", "exporters"):
+        assert set(pipeline[part]) <= set(config[part]), f"the pipeline's {part} are not all defined"
+    assert "otlp" in pipeline["receivers"]
+    jaeger_endpoint = config["exporters"]["otlp/jaeger"]["endpoint"]
+    assert "otlp/jaeger" in pipeline["exporters"]
+    assert jaeger_endpoint == f"jaeger:{JAEGER_OTLP_GRPC_PORT}" and "jaeger" in services(gpu_config())
