@@ -1,3 +1,4 @@
 """What the service tells its operators: Prometheus metrics (summed over the worker processes when there are
-several) and the logs. Metrics observe the service; nothing reads them back to decide.
+several), the logs and OpenTelemetry traces (off unless the `OTEL_*` variables turn them on). Metrics observe
+the service; nothing reads them back to decide.
 """
