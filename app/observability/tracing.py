@@ -33,9 +33,6 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.instrumentation.propagators import ResponsePropagator, set_global_response_propagator
-from opentelemetry.propagators.textmap import CarrierT, Setter, default_setter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -45,7 +42,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "onnx-classifier-serving"
-TRACEPARENT = "traceparent"
 EXPORTERS = ("otlp", "console")
 PROTOCOLS = ("http/protobuf", "grpc")
 
@@ -119,7 +115,6 @@ def configure_tracing(process: str) -> bool:
     provider = TracerProvider(resource=service_resource().merge(Resource({"process.role": process})))
     provider.add_span_processor(BatchSpanProcessor(make_exporter(choice)))
     trace.set_tracer_provider(provider)
-    set_global_response_propagator(TraceparentResponse())
     _provider, _tracer, _on = provider, provider.get_tracer("app"), True
     logger.info("tracing on: spans exported %s, sampler %s",
                 "to the console" if choice == "console" else f"by OTLP over {choice}",
@@ -139,17 +134,13 @@ def on() -> bool:
     return _on
 
 
-class TraceparentResponse(ResponsePropagator):
-    """Answers every traced HTTP request with the W3C `traceparent` of its server span."""
-
-    def inject(self, carrier: CarrierT, context: Context | None = None,
-               setter: Setter[CarrierT] = default_setter) -> None:
-        span_context = trace.get_current_span(context).get_span_context()
-        if span_context.is_valid:
-            setter.set(carrier, TRACEPARENT, _traceparent(span_context))
+def tracer() -> trace.Tracer:
+    """The service's tracer (a no-op one while tracing is off)."""
+    return _tracer
 
 
-def _traceparent(span_context: SpanContext) -> str:
+def traceparent(span_context: SpanContext) -> str:
+    """The W3C `traceparent` header naming `span_context`."""
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
 
 

@@ -59,7 +59,9 @@ def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_di
         # names that server span in its own traceparent.
         servers = {}
         for (trace_id, parent_id, _), response in zip(calls, responses, strict=True):
-            (server_span,) = [s for s in spans if s.trace_id == trace_id and s.kind == SPAN_KIND_SERVER]
+            found = [s for s in spans if s.trace_id == trace_id and s.kind == SPAN_KIND_SERVER]
+            assert len(found) == 1, "\n".join(repr(f) for f in found)
+            (server_span,) = found
             assert server_span.parent_span_id == parent_id, server_span
             assert server_span.name == "POST /predict" and server_span.attributes["http.route"] == "/predict"
             assert server_span.resource["service.name"] == "traced-under-test"

@@ -25,7 +25,7 @@ from app.transport.http.errors import install_error_handlers
 from app.transport.http.middleware import BodySizeLimit, RequestId, RequestMetrics
 from app.transport.http.routes import health, predict, v2
 from app.transport.http.routes.request_route import DirectRoutes, RequestRoute
-from app.transport.http.tracing import install_tracing
+from app.transport.http.tracing import ServerSpans, excluded_paths
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ def create_app(settings: Settings, role: ServerRole, transports: Sequence[Transp
             tracing.shutdown_tracing()  # after the drain: the last batches' spans are exported too
 
     app = FastAPI(title="ONNX classifier serving", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)  # app.transport.http.api_docs serves them
+                  docs_url=None, redoc_url=None, openapi_url=None,  # app.transport.http.api_docs serves them
+                  # FastAPI's own OpenTelemetry spans and metrics, on as soon as a tracer provider is set, cost
+                  # more than the service's (app.transport.http.tracing; docs/benchmarks.md, "Tracing")
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
@@ -97,6 +100,6 @@ def create_app(settings: Settings, role: ServerRole, transports: Sequence[Transp
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, load=load)
     app.add_middleware(RequestId)
-    if tracing.on():
-        install_tracing(app)
+    if tracing.on():  # outside every other middleware: the server span covers the whole request
+        app.add_middleware(ServerSpans, excluded=excluded_paths())
     return app
