@@ -48,7 +48,7 @@ PROTOCOLS = ("http/protobuf", "grpc")
 _on = False
 _tracer: trace.Tracer = trace.NoOpTracer()
 _provider: TracerProvider | None = None
-_NOT_TRACED: AbstractContextManager[None] = nullcontext()
+NOT_TRACED: AbstractContextManager[None] = nullcontext()
 _W3C = TraceContextTextMapPropagator()
 
 
@@ -150,7 +150,7 @@ def traceparent(span_context: SpanContext) -> str:
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
     """A span under the current one while the block runs, when that one records; else nothing (None)."""
     if not _on or not trace.get_current_span().is_recording():
-        return _NOT_TRACED
+        return NOT_TRACED
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 

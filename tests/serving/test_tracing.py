@@ -60,7 +60,7 @@ def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_di
         servers = {}
         for (trace_id, parent_id, _), response in zip(calls, responses, strict=True):
             found = [s for s in spans if s.trace_id == trace_id and s.kind == SPAN_KIND_SERVER]
-            assert len(found) == 1, "\n".join(repr(f) for f in found)
+            assert len(found) == 1, "\n".join(map(repr, found))
             (server_span,) = found
             assert server_span.parent_span_id == parent_id, server_span
             assert server_span.name == "POST /predict" and server_span.attributes["http.route"] == "/predict"
@@ -127,6 +127,23 @@ def test_tracing_off_exports_nothing_and_answers_no_traceparent(start_server: St
         assert not [response for response in responses if "traceparent" in response.headers]
         assert receiver.wait_for(bool, timeout=1.0) == []
         assert "trace_id" not in server.log() and "tracing on" not in server.log()
+
+
+def test_unsampled_requests_export_nothing_but_answer_their_traceparent(start_server: StartServer, models_dir: Path,
+                                                                        text_model: ModelUnderTest,
+                                                                        reviews: list[str]) -> None:
+    """A sampler that keeps nothing: no span, no batch span, but each answer names its trace, unsampled."""
+    with OtlpReceiver() as receiver:
+        env = _tracing_env(receiver, 1, False) | {"OTEL_TRACES_SAMPLER": "always_off"}
+        server = start_server(models_dir, SERVE_MODELS=text_model.name, **env).wait_ready()
+        calls = _traced_calls(reviews)
+        responses = send_concurrently(server.url, [call for _, _, call in calls], concurrency=REQUESTS)
+        assert [response.status_code for response in responses] == [200] * REQUESTS
+        for (trace_id, parent_id, _), response in zip(calls, responses, strict=True):
+            version, answered_trace, span_id, flags = response.headers["traceparent"].split("-")
+            assert (version, answered_trace, flags) == ("00", trace_id, "00"), response.headers
+            assert span_id != parent_id and int(span_id, 16) != 0
+        assert receiver.wait_for(bool, timeout=1.0) == []
 
 
 @pytest.mark.parametrize(("variable", "value"), [("OTEL_TRACES_EXPORTER", "zipkin"),
