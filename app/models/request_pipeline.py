@@ -27,8 +27,8 @@ from app.errors import InferenceFailed, ServiceError
 from app.models.executors import Executor, Feeds
 from app.models.image_decoding import decode_image
 from app.models.text_encoding import TextEncoder
-from app.observability.quality import VersionQuality
 from app.observability import tracing
+from app.observability.quality import VersionQuality
 from model_repository import ModelConfig
 from model_repository.schema import TEXT_INPUT_IDS
 
