@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import StartServer
-from .otlp_receiver import OtlpReceiver
+from .otlp_receiver import OtlpReceiver, ReceivedSpan
 from .support import Call, ModelUnderTest, exit_status, send_concurrently
 
 REQUESTS = 24
@@ -40,6 +40,10 @@ def _tracing_env(receiver: OtlpReceiver, workers: int, shared_inference: bool) -
     }
 
 
+def _rows_run(spans: list[ReceivedSpan]) -> int:
+    return sum(span.attributes["batch.rows"] for span in spans if span.name == "session.run")
+
+
 @pytest.mark.parametrize(("workers", "shared_inference"), [(1, False), (2, False), (2, True)],
                          ids=["1-worker", "2-workers", "2-workers-shared-inference"])
 def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_dir: Path, text_model: ModelUnderTest,
@@ -51,8 +55,9 @@ def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_di
         responses = send_concurrently(server.url, [call for _, _, call in calls], concurrency=REQUESTS)
         assert [response.status_code for response in responses] == [200] * REQUESTS, responses[0].text
         sent = {trace_id: parent_id for trace_id, parent_id, _ in calls}
+        # Each process exports on its own: wait for every request's server span and a session.run of every row.
         spans = receiver.wait_for(lambda got: {s.trace_id for s in got if s.kind == SPAN_KIND_SERVER} >= set(sent)
-                                  and any(s.name == "session.run" for s in got), timeout=30)
+                                  and _rows_run(got) >= REQUESTS, timeout=30)
         by_id = {span.span_id: span for span in spans}
 
         # Each request: its server span continues the client's trace, under the client's span, and the answer
@@ -103,7 +108,7 @@ def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_di
                 assert batches[link_span.parent_span_id] in front_batches
             else:
                 assert batch in front_batches
-        assert sum(run.attributes["batch.rows"] for run in runs) == REQUESTS
+        assert _rows_run(spans) == REQUESTS
 
         # The log lines about a request carry its trace: uvicorn's access line, with the request id beside it.
         lines = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"level"')]
