@@ -30,6 +30,7 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "h
                   "motorcycle_left.png", "retina.jpg", "ihc.png")
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 LONG_SIDES = (256, 320, 384, 480, 512, 640, 800, 1024)
+IMAGE_INPUTS = ("photos", "mnist")  # the input sets of encoded images (the others are texts)
 
 # Used only when ../shared/data/sst2 is absent: movie-review sentences written in SST-2's style (lower case,
 # tokens split by spaces) for this benchmark, with their sentiment (1 positive, 0 negative).

@@ -1,11 +1,13 @@
-"""A closed-loop HTTP/1.1 load generator on raw asyncio streams (uvloop when installed), for 127.0.0.1 only.
+"""A closed-loop load generator on asyncio (uvloop when installed), for 127.0.0.1 only, and its HTTP/1.1 client.
 
-`concurrency` connections, each sending its next request as soon as the previous answer is in. The requests
-are prebuilt byte strings (one per distinct input) taken round-robin from a shared counter, so concurrent
-requests carry different bodies. The answer is read by its `Content-Length` (or chunked encoding); nothing else
-is parsed. A cell runs a warm-up period, then a measured window; only answers that complete inside the window
-count for requests/s and latency, and callbacks fire at the window's start and end so that the caller can read
-counters (CPU times, /metrics) over exactly the window. After the window, requests in flight are awaited (at most
+`concurrency` sessions, each sending its next request as soon as the previous answer is in. The requests are
+prebuilt byte strings (one per distinct input) taken round-robin from a shared counter, so concurrent requests
+carry different bodies. A client (`Client`) says how a session sends one of them and reads its answer: here
+`HttpClient`, raw asyncio streams with HTTP/1.1 keep-alive, one connection per session, the answer read by its
+`Content-Length` (or chunked encoding) and nothing else parsed; benchmarks/peer/protocols.py adds gRPC. A cell
+runs a warm-up period, then a measured window; only answers that complete inside the window count for
+requests/s and latency, and callbacks fire at the window's start and end so that the caller can read counters
+(CPU times, /metrics) over exactly the window. After the window, requests in flight are awaited (at most
 `drain_timeout_s`) and not counted. Every loop is bounded in time and in requests.
 """
 
@@ -18,18 +20,20 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 HOST = "127.0.0.1"
 
 
 def build_request(method: str, path: str, port: int, body: bytes = b"", content_type: str = "",
-                  api_key: str | None = None) -> bytes:
+                  api_key: str | None = None, headers: dict[str, str] | None = None) -> bytes:
     """The bytes of one HTTP/1.1 keep-alive request, with `X-API-Key` when an `api_key` is given."""
     head = [f"{method} {path} HTTP/1.1", f"host: {HOST}:{port}"]
     if api_key is not None:
         head.append(f"x-api-key: {api_key}")
     if body or method == "POST":
         head += [f"content-type: {content_type}", f"content-length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -39,10 +43,10 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     status = int(head[9:12])
     lower = head.lower()
     close = b"connection: close" in lower
-    start = lower.find(b"content-length:")
+    start = lower.find(b"\r\ncontent-length:")  # a whole header name (not inference-header-content-length)
     if start >= 0:
-        end = lower.find(b"\r\n", start)
-        return status, await reader.readexactly(int(lower[start + 15:end])), close
+        end = lower.find(b"\r\n", start + 2)
+        return status, await reader.readexactly(int(lower[start + 17:end])), close
     if b"transfer-encoding: chunked" in lower:
         chunks = []
         while True:
@@ -107,12 +111,77 @@ def wait_delta_s(before: dict[str, int], after: dict[str, int]) -> float:
     return sum(value - before.get(thread, 0) for thread, value in after.items()) / 1e9
 
 
-class LoadGenerator:
-    """Runs cells against one server; the input counter carries on from cell to cell."""
+class Session(Protocol):
+    """One closed-loop session of a client: one request at a time."""
+
+    async def open(self) -> None:
+        """Connect if not connected (an OSError: the connection failed, nothing was sent)."""
+
+    async def exchange(self, index: int) -> tuple[str | None, bytes]:
+        """Send request `index` and read its answer: (None, body) on success, else (what went wrong, b"").
+        Raises one of its client's `transport_errors` when the connection broke."""
+
+    def close(self) -> None:
+        """Drop the connection (the next `open` reconnects)."""
+
+
+class Client(Protocol):
+    """A way to send the prebuilt requests to a server: sessions over one protocol."""
+
+    requests: list[bytes]
+    transport_errors: tuple[type[BaseException], ...]
+
+    def session(self) -> Session: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpSession:
+    """One HTTP/1.1 keep-alive connection, reopened after the server closes it."""
 
     def __init__(self, port: int, requests: list[bytes]) -> None:
-        self.port = port
-        self.requests = requests
+        self.port, self.requests = port, requests
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+
+    async def exchange(self, index: int) -> tuple[str | None, bytes]:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(self.requests[index])
+        status, body, close = await read_response(self.reader)
+        if close:
+            self.close()
+        return (None, body) if 200 <= status < 300 else (f"HTTP {status}", b"")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class HttpClient:
+    """Prebuilt HTTP/1.1 requests (`build_request`), one keep-alive connection per session."""
+
+    transport_errors = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+
+    def __init__(self, port: int, requests: list[bytes]) -> None:
+        self.port, self.requests = port, requests
+
+    def session(self) -> HttpSession:
+        return HttpSession(self.port, self.requests)
+
+    async def aclose(self) -> None:
+        """Nothing to close: each session closes its own connection."""
+
+
+class LoadGenerator:
+    """Runs cells against one server through one client; the input counter carries on from cell to cell."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
         self.next_index = 0
 
     async def run(self, concurrency: int, warmup_s: float, duration_s: float,
@@ -128,45 +197,38 @@ class LoadGenerator:
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         counts = {"ok": 0, "sent": 0}
-        requests, total = self.requests, len(self.requests)
+        total, transport_errors = len(self.client.requests), self.client.transport_errors
 
         async def worker() -> None:
-            reader = writer = None
+            session = self.client.session()
             try:
                 while counts["sent"] < max_requests and clock() < window_end:
-                    if writer is None:
-                        try:
-                            reader, writer = await asyncio.open_connection(HOST, self.port)
-                        except OSError as exc:
-                            errors[f"connect: {type(exc).__name__}"] += 1
-                            await asyncio.sleep(0.05)
-                            continue
+                    try:
+                        await session.open()
+                    except OSError as exc:
+                        errors[f"connect: {type(exc).__name__}"] += 1
+                        await asyncio.sleep(0.05)
+                        continue
                     index = self.next_index % total
                     self.next_index += 1
                     counts["sent"] += 1
                     started = clock()
                     try:
-                        writer.write(requests[index])
-                        status, body, close = await read_response(reader)
-                    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                        error, body = await session.exchange(index)
+                    except transport_errors as exc:
                         errors[type(exc).__name__] += 1
-                        writer.close()
-                        reader = writer = None
+                        session.close()
                         continue
                     finished = clock()
-                    if 200 <= status < 300:
+                    if error is None:
                         if window_start <= finished < window_end:
                             latencies.append(finished - started)
                         if collect is not None:
                             collect[index] = body
                     else:
-                        errors[f"HTTP {status}"] += 1
-                    if close:
-                        writer.close()
-                        reader = writer = None
+                        errors[error] += 1
             finally:
-                if writer is not None:
-                    writer.close()
+                session.close()
 
         async def window_edges() -> tuple[float, float]:
             await asyncio.sleep(max(0.0, window_start - clock()))

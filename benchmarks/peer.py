@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inputs import InputSet, input_set
+from inputs import IMAGE_INPUTS, InputSet, input_set
 from peer import REPO
 from peer.cases import BUILT_MODELS, CASES, missing_models, model_directory
 from peer.load import run_case
@@ -98,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, quick if args.quick else normal)
     if args.reverse:
         args.servers = args.servers[::-1]
+    images = [name for name in args.models if CASES[name].inputs in IMAGE_INPUTS]
+    if "service-v2-json" in args.servers and images:
+        parser.error(f"service-v2-json sends texts only (JSON cannot carry an encoded image): leave out"
+                     f" {' '.join(images)}, or load them through service-v2-binary or service-grpc")
     if ("service-baseline" in args.servers) != (args.baseline is not None):
         parser.error("--baseline DIR and the server service-baseline go together")
     if args.baseline is not None and not (args.baseline / "app" / "__main__.py").is_file():

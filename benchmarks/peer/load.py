@@ -6,7 +6,6 @@ ceiling measured before the first server and after each one.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import ceiling as ceiling_module
 import numpy as np
 from inputs import InputSet
-from loadgen import LoadGenerator, LoadResult, build_request, wait_delta_s
+from loadgen import LoadGenerator, LoadResult, wait_delta_s
 
 from app.settings import Settings
 from model_repository import ModelConfig, load_config
@@ -22,6 +21,7 @@ from model_repository import ModelConfig, load_config
 from .answers import compare_answers
 from .cases import Case
 from .procstat import cpu_busy_s, thread_affinities, tree_cpu_s, tree_peak_rss_mb, tree_waits
+from .protocols import client_for, read_answer
 from .report import fmt
 from .servers import NAIVE, SERVICES, Server, read_batch_caps, read_service_metrics, service_means
 
@@ -153,19 +153,6 @@ def measure_ceiling(when: str, config: ModelConfig, directory: Path, rows: list[
     return Ceiling(when, result.best_batch, result.best_items_per_s, result.curve, result.threads, result.seconds)
 
 
-def requests_for(server: str, port: int, case: Case, inputs: InputSet, api_key: str | None) -> list[bytes]:
-    """The prebuilt HTTP requests one server gets: the same bodies for the naive servers and the service, which
-    is also sent `api_key` (if any)."""
-    if server == "trivial":
-        return [build_request("GET", "/ping", port)]
-    path = f"/predict?model={case.model}" if server in SERVICES else "/predict"
-    key = api_key if server in SERVICES else None
-    if inputs.is_text:
-        return [build_request("POST", path, port, json.dumps({"text": text}).encode(), inputs.content_type, key)
-                for text in inputs.items]
-    return [build_request("POST", path, port, data, inputs.content_type, key) for data in inputs.items]
-
-
 async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse.Namespace, cpus: set[int],
                    settings: Settings, logs: Path, client_cpus: set[int]) -> dict[str, Any]:
     """Every server at every level for one case, with the ceiling before the first server and after each."""
@@ -187,7 +174,8 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
             if name == "service":
                 batch_caps = await read_batch_caps(server.port, config.name, args.api_key)
             answers[name] = {}
-            generator = LoadGenerator(server.port, requests_for(name, server.port, case, inputs, args.api_key))
+            api_key = args.api_key if name in SERVICES else None
+            generator = LoadGenerator(client_for(name, server.port, server.grpc_port, config, inputs, api_key))
             window = window_seconds(name, ceilings[-1], config, args)
             print(f"  {name} ready in {startup[name]:.1f} s (threads on CPUs {', '.join(affinity[name])})",
                   flush=True)
@@ -196,6 +184,7 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
                 cells.append(await run_cell(server, generator, case, concurrency, step,
                                             step == len(levels) - 1 and len(levels) > 1, window, args, collect,
                                             (client_cpus, cpus)))
+            await generator.client.aclose()
         finally:
             server.stop()
         ceilings.append(measure_ceiling(f"after {name}", config, model_dir, rows, cpus, settings, args))
@@ -206,7 +195,10 @@ async def run_case(case: Case, model_dir: Path, inputs: InputSet, args: argparse
                                                            "source": inputs.source},
         "server_startup_s": startup, "server_thread_cpus": affinity, "service_batch_caps": batch_caps,
         "ceilings": [asdict(c) for c in ceilings], "cells": [asdict(c) for c in cells],
-        "correctness": compare_answers(answers, inputs, levels),
+        "correctness": compare_answers({name: {step: {index: read_answer(name, body, config)
+                                                      for index, body in bodies.items()}
+                                               for step, bodies in steps.items()}
+                                        for name, steps in answers.items()}, inputs, levels),
     }
 
 

@@ -49,7 +49,8 @@ def machine_info(load_at_start: tuple[float, ...], client: set[int], servers: se
         "git_commit_at_end": commit_at_end,  # differs when the tree changed during the run
         "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         "client_cpus": sorted(client), "server_cpus": sorted(servers),
-        "load_generator": "closed-loop asyncio HTTP/1.1 keep-alive client (benchmarks/loadgen.py), in this process",
+        "load_generator": ("closed-loop asyncio load generator (benchmarks/loadgen.py), in this process: HTTP/1.1"
+                           " keep-alive connections, or one grpc.aio channel (benchmarks/peer/protocols.py)"),
     }
 
 
@@ -78,7 +79,7 @@ def markdown(results: dict[str, Any]) -> str:
         " client's is time other processes took from it (above a few %, the machine was busy). Others' CPU:"
         " busy time of the server and the client CPUs (/proc/stat, steal included) not spent by the server or the"
         " load generator, % of one CPU: other tenants; above a few %, the cell is suspect. ÷ceiling: req/s over the in-process `session.run` rate at its best batch size (mean of the"
-        " measurements before and after that server). ÷naive def / ÷naive async / ÷trivial: req/s over that"
+        " measurements before and after that server). ÷naive def / ÷naive async / ÷trivial / ÷service: req/s over that"
         " server's at the same step. \"1 again\": the first level, run right after the highest."), "",
     ]
     for case in results["cases"]:
@@ -98,8 +99,9 @@ def case_markdown(case: dict[str, Any]) -> list[str]:
              (f"{case['case']['about']}. Model `{case['model']}` v{case['version']} (max_batch_size"
              f" {case['max_batch_size']}); inputs: {case['inputs']['source']}."), "",
              ("| server | c | window s | req/s | p50 ms | p95 ms | p99 ms | errors | batch | server CPU | ms CPU/req"
-             " | client CPU | CPU wait srv/cli | others' CPU srv/cli | peak RSS MB | ÷ceiling | ÷naive def | ÷naive async | ÷trivial |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " | client CPU | CPU wait srv/cli | others' CPU srv/cli | peak RSS MB | ÷ceiling | ÷naive def | ÷naive async | ÷trivial"
+             " | ÷service |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in case["cells"]:
         label = f"{c['concurrency']} again" if c["again"] else str(c["concurrency"])
         r = c["ratios"]
@@ -110,7 +112,8 @@ def case_markdown(case: dict[str, Any]) -> list[str]:
             f" | {c['client_cpu_percent']:.0f}% | {c['server_wait_percent']:.0f}% / {c['client_wait_percent']:.0f}%"
             f" | {others(c)}"
             f" | {fmt(c['peak_rss_mb'], 0)} | {ratio(r.get('ceiling'))}"
-            f" | {ratio(r.get('naive-def'))} | {ratio(r.get('naive-async'))} | {ratio(r.get('trivial'))} |")
+            f" | {ratio(r.get('naive-def'))} | {ratio(r.get('naive-async'))} | {ratio(r.get('trivial'))}"
+            f" | {ratio(r.get('service'))} |")
     lines += ["", "Ceiling (in-process `session.run`, items/s by batch size):", "",
               "| measured | threads | best batch | items/s | curve |", "|---|---:|---:|---:|---|"]
     for c in case["ceilings"]:
@@ -153,7 +156,8 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue",
-               "service-w2": "tab:green", "service-w2-shared": "tab:purple", "service-auto": "tab:cyan"}
+               "service-w2": "tab:green", "service-w2-shared": "tab:purple", "service-auto": "tab:cyan",
+               "service-v2-json": "tab:olive", "service-v2-binary": "tab:brown", "service-grpc": "tab:pink"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
     others = [c["requests_per_s"] for c in case["cells"] if c["server"] != "trivial"] + rates

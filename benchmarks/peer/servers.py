@@ -25,7 +25,7 @@ from . import REPO
 from .cases import Case
 
 SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-auto",
-           "service-baseline")
+           "service-baseline", "service-v2-json", "service-v2-binary", "service-grpc")
 NAIVE = ("naive-def", "naive-async")
 # The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), with 2 workers feeding
 # one inference process (SERVE_SHARED_INFERENCE), and with SERVE_WORKERS=auto (one per server CPU): the last
@@ -33,8 +33,11 @@ NAIVE = ("naive-def", "naive-async")
 # more than one CPU.
 SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"},
             "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"},
-            "service-auto": {"SERVE_WORKERS": "auto"}, "service-baseline": {}}
+            "service-auto": {"SERVE_WORKERS": "auto"}, "service-baseline": {},
+            "service-v2-json": {}, "service-v2-binary": {}, "service-grpc": {}}
 # `service-baseline` is the service of another checkout (--baseline DIR), to measure a change side by side.
+# `service-v2-json`, `service-v2-binary` and `service-grpc` are the service loaded through the Open Inference
+# Protocol v2 instead of /predict (peer/protocols.py); `service-grpc` also serves gRPC on a port of its own.
 DEFAULT_SERVERS = ("trivial", "naive-def", "naive-async", "service")
 
 
@@ -63,12 +66,15 @@ class Server:
                  log: Path) -> None:
         self.name, self.case, self.log = name, case, log
         self.port = free_port()
+        self.grpc_port = free_port() if name == "service-grpc" else None
         python = sys.executable
         bench = REPO / "benchmarks"
         self.env = {**os.environ, **service_env(args, model_dir.parent.parent, case.model, self.port),
                     **SERVICES.get(name, {})}
         if name in SERVICES and name != "service-baseline":  # the service under test (--service-env)
             self.env |= dict(item.split("=", 1) for item in args.service_env)
+        if self.grpc_port is not None:
+            self.env["SERVE_GRPC_PORT"] = str(self.grpc_port)
         if name == "trivial":
             self.command = [python, str(bench / "trivial_app.py"), "--port", str(self.port)]
             self.ready_path = "/ping"
