@@ -233,7 +233,8 @@ class ServedModel:
         self._check_outputs(output_names)
         if kind != self.config.task:
             raise InvalidInput(f"model {self.name!r} classifies {self.config.task}s, not {kind}s")
-        return await self._submit(WorkRequest(kind, items, "tensors", output_names=output_names), deadline, client_gone)
+        request = WorkRequest(kind, items, "tensors", output_names=output_names, trace=tracing.request_trace())
+        return await self._submit(request, deadline, client_gone)
 
     def _check_outputs(self, output_names: tuple[str, ...]) -> None:
         for name in output_names:

@@ -144,6 +144,14 @@ def traceparent(span_context: SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
 
 
+def current_traceparent() -> str | None:
+    """The current span's `traceparent`, to answer with; None when tracing is off or no span is current."""
+    if not _on:
+        return None
+    span_context = trace.get_current_span().get_span_context()
+    return traceparent(span_context) if span_context.is_valid else None
+
+
 # Spans of the request path ------------------------------------------------------------------------------
 
 

@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .conftest import StartServer
 from .otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -117,6 +121,47 @@ def test_traced_requests_arrive_as_one_tree(start_server: StartServer, models_di
             line = access[f"traced-{number}"]
             assert line["trace_id"] == trace_id, line
             assert (trace_id, line["span_id"]) in servers, line
+
+
+def test_grpc_calls_continue_their_callers_traces(start_server: StartServer, models_dir: Path,
+                                                 text_model: ModelUnderTest, reviews: list[str]) -> None:
+    """ModelInfer over gRPC, concurrently, each with a traceparent in its metadata: the RPC's SERVER span (from
+    OpenTelemetry's gRPC interceptor) under the caller's span, named in the trailing metadata, its queue wait
+    and its batch with session.run."""
+    with OtlpReceiver() as receiver:
+        server = start_server(models_dir, SERVE_MODELS=text_model.name, grpc=True,
+                              **_tracing_env(receiver, 1, False)).wait_ready()
+        sent = {os.urandom(16).hex(): os.urandom(8).hex() for _ in range(REQUESTS)}
+
+        def infer(number: int, trace_id: str, parent_id: str) -> dict[str, str]:
+            request = service_pb2.ModelInferRequest(model_name=text_model.name)
+            text = reviews[number % len(reviews)].encode()
+            request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(text)
+            _, call = stub.ModelInfer.with_call(request, timeout=30,
+                                                metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),))
+            return dict(call.trailing_metadata())
+
+        with grpc.insecure_channel(server.grpc_url) as channel, ThreadPoolExecutor(REQUESTS) as pool:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            trailers = list(pool.map(infer, range(REQUESTS), sent, sent.values()))
+            probe_trace = os.urandom(16).hex()  # a health check (Kubernetes' gRPC probe) is not traced
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10,
+                                                      metadata=(("traceparent", f"00-{probe_trace}-{'1' * 16}-01"),))
+        spans = receiver.wait_for(lambda got: {s.trace_id for s in got if s.kind == SPAN_KIND_SERVER} >= set(sent)
+                                  and _rows_run(got) >= REQUESTS, timeout=30)
+
+        batches = {span.span_id: span for span in spans if span.name == "batch"}
+        for (trace_id, parent_id), trailer in zip(sent.items(), trailers, strict=True):
+            (rpc,) = [s for s in spans if s.trace_id == trace_id and s.kind == SPAN_KIND_SERVER]
+            assert rpc.parent_span_id == parent_id and rpc.attributes["rpc.method"] == "ModelInfer", rpc
+            assert trailer["traceparent"] == f"00-{trace_id}-{rpc.span_id}-01", trailer
+            (waited,) = [s for s in spans if s.name == "queue wait" and s.parent_span_id == rpc.span_id]
+            ((_, batch_id),) = waited.links
+            assert batches[batch_id].attributes["model.name"] == text_model.name
+        assert max(len(batch.links) for batch in batches.values()) >= 2, "no batch carried several RPCs"
+        assert all(batches[run.parent_span_id] for run in spans if run.name == "session.run")
+        assert _rows_run(spans) == REQUESTS
+        assert not [span for span in spans if span.trace_id == probe_trace]
 
 
 def test_tracing_off_exports_nothing_and_answers_no_traceparent(start_server: StartServer, models_dir: Path,

@@ -1,7 +1,7 @@
 """What every RPC of the gRPC transport does around its handler, as the HTTP middleware does for a request:
-its request id (the client's `x-request-id` metadata when usable, answered in the trailing metadata and set on
-its log records), the intake's in-flight count, the key check, the deadline, the metrics and the answer to an
-error (`app.transport.grpc.errors`).
+its request id (the client's `x-request-id` metadata when usable, answered in the trailing metadata, with the
+RPC span's `traceparent` when tracing is on, and set on its log records), the intake's in-flight count, the key
+check, the deadline, the metrics and the answer to an error (`app.transport.grpc.errors`).
 
 A request's deadline is the client's gRPC deadline, capped by `SERVE_REQUEST_TIMEOUT_S` (the deadline when the
 client sets none), counted from when the RPC reached the servicer: the batcher never runs a request past it.
@@ -23,6 +23,7 @@ from app.dataplane.keys import Key
 from app.dataplane.plane import DataPlane
 from app.errors import InferenceFailed, RateLimited, ServiceError
 from app.intake_load import IntakeLoad
+from app.observability import tracing
 from app.observability.logs import REQUEST_ID, new_error_id, request_id_for, with_error_id
 from app.observability.metrics import Metrics
 from app.transport.grpc.errors import ERROR_CODE_KEY, status_code_for, trailers_for
@@ -30,10 +31,17 @@ from app.transport.grpc.errors import ERROR_CODE_KEY, status_code_for, trailers_
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+TRACEPARENT_KEY = "traceparent"
 PROTOCOL = "grpc"
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
+
+
+def _traceparent() -> tuple[tuple[str, str], ...]:
+    """The RPC's SERVER span as trailing metadata, when tracing is on (as HTTP answers with its header)."""
+    answer = tracing.current_traceparent()
+    return () if answer is None else ((TRACEPARENT_KEY, answer),)
 
 
 class Call:
@@ -124,10 +132,10 @@ class Calls:
             self.metrics.errors.labels(call.model, ServiceError.code).inc()
             self._done(method, call, grpc.StatusCode.INTERNAL, ServiceError.code)
             await context.abort(grpc.StatusCode.INTERNAL, with_error_id("internal server error", error_id),
-                                ((REQUEST_ID_KEY, request_id), (ERROR_CODE_KEY, ServiceError.code)))
+                                ((REQUEST_ID_KEY, request_id), (ERROR_CODE_KEY, ServiceError.code), *_traceparent()))
             raise  # not reached
         self._done(method, call, grpc.StatusCode.OK)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *_traceparent()))
         return response
 
     def _done(self, method: str, call: Call, status: grpc.StatusCode, error_code: str | None = None) -> None:
@@ -151,4 +159,4 @@ class Calls:
             details = with_error_id(exc.message, error_id)
         elif logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s answered %s %s: %s", method, status.name, exc.code, exc.message)
-        await context.abort(status, details, ((REQUEST_ID_KEY, request_id), *trailers_for(exc)))
+        await context.abort(status, details, ((REQUEST_ID_KEY, request_id), *trailers_for(exc), *_traceparent()))

@@ -20,9 +20,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
 from app.dataplane.plane import DataPlane
 from app.intake_load import IntakeLoad
+from app.observability import tracing
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.transport.grpc.calls import Calls
@@ -35,9 +38,12 @@ logger = logging.getLogger(__name__)
 def create_server(settings: Settings, dataplane: DataPlane, metrics: Metrics, load: IntakeLoad, *,
                   reuse_port: bool) -> grpc.aio.Server:
     """The server with its services, bound to `SERVE_HOST:SERVE_GRPC_PORT` (RuntimeError when it cannot bind),
-    not yet started. Interceptors (tracing, say) are added here."""
+    not yet started; with tracing on (app.observability.tracing), OpenTelemetry's gRPC server interceptor."""
     assert settings.grpc_port is not None, "the gRPC transport runs only with SERVE_GRPC_PORT"
-    server = grpc.aio.server(interceptors=[RequestParsing()], options=[
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestParsing()]
+    if tracing.on():  # outermost: the RPC's SERVER span, continuing the caller's traceparent, covers the parsing
+        interceptors.insert(0, aio_server_interceptor(filter_=negate(health_check())))  # probes: not traced
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.so_reuseport", int(reuse_port)),
     ])
