@@ -17,6 +17,7 @@ from app import keys_command
 from app.observability.logs import configure_logging
 from app.observability.tracing import TracingMisconfigured, configure_tracing, exporter_choice, wanted
 from app.settings import Settings
+from app.topology.hangup import reload_on_sighup
 from app.topology.roles import NoRoleHandedOver, ServerRole
 from app.topology.shutdown import defer_sigterm
 from app.topology.tls import TlsUnusable, tls_options
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 def create_served_app() -> FastAPI:
     """The app of one server process (uvicorn's factory, called as it starts serving): settings and logging
-    come from the environment, the process's role from `python -m app`; SIGTERM first stops intake."""
+    come from the environment, the process's role from `python -m app`; SIGTERM first stops intake, SIGHUP
+    re-reads the keys file."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -45,6 +47,7 @@ def create_served_app() -> FastAPI:
     transports = [GrpcTransport(settings, reuse_port=role.directory is not None)] if settings.grpc_port else []
     app = create_app(settings, role, transports)
     defer_sigterm(app.state.registry.stop_intake, settings.shutdown_delay_s)
+    reload_on_sighup(app.state.dataplane.access.reload_keys)
     return app
 
 

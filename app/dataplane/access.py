@@ -49,6 +49,10 @@ class AccessPolicy:
             Operation.REPOSITORY: True,
         }
 
+    def reload_keys(self) -> None:
+        """Re-read the keys file now, changed or not (a malformed one keeps the keys, as always)."""
+        self._store.reload()
+
     def requires_key(self, operation: Operation) -> bool:
         """Whether `operation` needs a key: a transport need not look for one where it does not."""
         return self._requires_key[operation]

@@ -3,7 +3,7 @@
 Two sources, used together: `SERVE_API_KEY` / `SERVE_API_KEYS` (role `admin`, ids `env-1`, `env-2`, ...) and
 the TOML file named by `SERVE_API_KEYS_FILE` (`[[key]]` tables, validated strictly by `KeysFile`). `KeyStore`
 holds the current set and re-reads the file when its inode, size or modification time changes, looked at
-no more than once a second: the whole new set replaces the old one, or, when the file is malformed, the old
+no more than once a second, or at once on SIGHUP: the whole new set replaces the old one, or, when the file is malformed, the old
 set stays and one ERROR line says why. Each server process keeps its own store, so every worker sees a change.
 A plain key is never kept: only its digest, and only the id is ever logged. A key's `Limits` (its rate and
 in-flight quotas) are enforced by app.dataplane.quotas.
@@ -189,11 +189,19 @@ class KeyStore:
             return None
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
+    def reload(self) -> None:
+        """Re-read the file now, changed or not (SIGHUP: app.topology.hangup)."""
+        if self._file is not None:
+            self._reload(self._file_signature())
+
     def _reload_if_changed(self) -> None:
         assert self._file is not None
         signature = self._file_signature()
-        if signature == self._signature:
-            return
+        if signature != self._signature:
+            self._reload(signature)
+
+    def _reload(self, signature: tuple[int, int, int] | None) -> None:
+        assert self._file is not None
         self._signature = signature
         try:
             keys = self._combine(read_keys_file(self._file))

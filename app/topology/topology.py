@@ -22,9 +22,9 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
 from app.settings import Settings
+from app.topology.hangup import HangupForwarding
 from app.topology.inference_process import InferenceProcess
 from app.topology.reuse_port import reserve_port
 from app.topology.roles import ServerRole
@@ -80,7 +80,7 @@ class Workers:
             inference.start()  # the workers wait for it as they load
         logger.info("serving on %s://%s:%d with %d workers%s", self.url_scheme, host, port, self.count,
                     " and an inference process" if inference is not None else "")
-        supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=self.count, **options),
+        supervisor = HangupForwarding(uvicorn.Config(factory, factory=True, workers=self.count, **options),
                                   sockets=[reserved])
         try:
             supervisor.run()

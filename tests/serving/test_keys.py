@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -241,3 +242,39 @@ def test_closed_health_needs_a_key_the_health_check_can_send(models_dir: Path, t
                               SERVE_PUBLIC_HEALTH="false")
     assert status != 0, log
     assert "SERVE_PUBLIC_HEALTH=false needs SERVE_API_KEY or SERVE_API_KEYS" in log, log
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_rereads_the_keys_file_in_every_worker(start_server: StartServer, models_dir: Path,
+                                                      image_model: ModelUnderTest, tmp_path: Path,
+                                                      workers: int) -> None:
+    """A change the once-a-second look cannot see (rewritten in place, same size, modification time put back)
+    takes effect on SIGHUP, in every worker, which goes on serving (not replaced, as uvicorn's supervisor
+    would by default)."""
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(table("app", "first-key-7g", "infer"))
+    server = start_server(models_dir, SERVE_MODELS=image_model.name, SERVE_API_KEYS_FILE=str(keys_file),
+                          SERVE_WORKERS=str(workers)).wait_ready()
+    path = f"/v2/models/{image_model.name}"
+
+    def statuses(key: str) -> list[int]:
+        # A new connection each time, so the requests spread over the workers.
+        return [httpx.get(server.url + path, headers={"X-API-Key": key, "Connection": "close"},
+                          timeout=10).status_code for _ in range(12)]
+
+    assert statuses("first-key-7g") == [200] * 12
+    with server.client() as client:
+        pids = client.get("/health").json().get("workers")
+    before = os.stat(keys_file)
+    with keys_file.open("r+") as rewritten:  # same inode, same size
+        rewritten.write(table("app", "other-key-8h", "infer"))
+    os.utime(keys_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    time.sleep(2.5)  # every worker has looked at the file, and seen no change
+    assert statuses("other-key-8h") == [401] * 12
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for(lambda client: statuses("other-key-8h") == [200] * 12, 10, what="SIGHUP to take effect")
+    assert statuses("first-key-7g") == [401] * 12
+    assert server.process.poll() is None
+    with server.client() as client:
+        assert client.get("/health").json().get("workers") == pids
