@@ -18,7 +18,7 @@ from pathlib import Path
 from app.models.batch_tuning import candidate_sizes
 from app.models.image_decoding import decode_image
 from app.models.request_pipeline import Row, collate
-from app.models.runtime import CPU, create_session
+from app.models.runtime import create_session, requested_providers
 from app.models.text_encoding import TextEncoder
 from app.settings import Settings
 from model_repository import ModelConfig
@@ -36,12 +36,13 @@ class CeilingResult:
 
 
 def service_session(onnx_path: Path, settings: Settings, intra_op_threads: int | None = None) -> object:
-    """A CPU session configured as the service configures its own (`app.models.runtime.create_session` with the
-    ONNX Runtime settings of `settings`), optionally with another intra-op thread count."""
+    """A session configured as the service configures its own (`app.models.runtime.create_session` with the
+    ONNX Runtime settings of `settings`, its providers included), optionally with another intra-op thread count."""
     values = {
-        "model_path": onnx_path, "providers": [CPU], "provider_options": {},
+        "model_path": onnx_path, "providers": requested_providers(settings.providers),
+        "provider_options": settings.provider_options,
         "intra_op_threads": settings.intra_op_threads if intra_op_threads is None else intra_op_threads,
-        "inter_op_threads": settings.inter_op_threads, "strict": False,
+        "inter_op_threads": settings.inter_op_threads, "strict": settings.providers.strip().lower() != "auto",
         "spinning": getattr(settings, "intra_op_spinning", True),
     }
     wanted = inspect.signature(create_session).parameters

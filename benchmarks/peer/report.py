@@ -157,7 +157,8 @@ def plot(case: dict[str, Any], info: dict[str, Any], directory: Path) -> Path:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
     colours = {"trivial": "tab:gray", "naive-def": "tab:orange", "naive-async": "tab:red", "service": "tab:blue",
                "service-w2": "tab:green", "service-w2-shared": "tab:purple", "service-auto": "tab:cyan",
-               "service-v2-json": "tab:olive", "service-v2-binary": "tab:brown", "service-grpc": "tab:pink"}
+               "service-v2-json": "tab:olive", "service-v2-binary": "tab:brown", "service-grpc": "tab:pink",
+               "service-w4": "darkgreen", "service-w4-shared": "indigo"}
     rates = [c["items_per_s"] for c in case["ceilings"]]
     servers = list(dict.fromkeys(c["server"] for c in case["cells"]))
     others = [c["requests_per_s"] for c in case["cells"] if c["server"] != "trivial"] + rates

@@ -24,15 +24,18 @@ from app.settings import Settings
 from . import REPO
 from .cases import Case
 
-SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-auto",
-           "service-baseline", "service-v2-json", "service-v2-binary", "service-grpc")
+SERVERS = ("trivial", "naive-def", "naive-async", "service", "service-w2", "service-w2-shared", "service-w4",
+           "service-w4-shared", "service-auto", "service-baseline", "service-v2-json", "service-v2-binary",
+           "service-grpc")
 NAIVE = ("naive-def", "naive-async")
-# The service in one process, with SERVE_WORKERS=2 (whole-service workers on one port), with 2 workers feeding
-# one inference process (SERVE_SHARED_INFERENCE), and with SERVE_WORKERS=auto (one per server CPU): the last
-# three are not in the default run; name them in --servers to compare, with --server-cpus giving the workers
-# more than one CPU.
+# The service in one process, with SERVE_WORKERS=2 or 4 (whole-service workers on one port), with 2 or 4
+# workers feeding one inference process (SERVE_SHARED_INFERENCE), and with SERVE_WORKERS=auto (one per server
+# CPU): all but the first are not in the default run; name them in --servers to compare, with --server-cpus
+# giving the workers more than one CPU (the 4-worker ones are for GPU hosts: benchmarks/gpu/run.py).
 SERVICES = {"service": {}, "service-w2": {"SERVE_WORKERS": "2"},
             "service-w2-shared": {"SERVE_WORKERS": "2", "SERVE_SHARED_INFERENCE": "true"},
+            "service-w4": {"SERVE_WORKERS": "4"},
+            "service-w4-shared": {"SERVE_WORKERS": "4", "SERVE_SHARED_INFERENCE": "true"},
             "service-auto": {"SERVE_WORKERS": "auto"}, "service-baseline": {},
             "service-v2-json": {}, "service-v2-binary": {}, "service-grpc": {}}
 # `service-baseline` is the service of another checkout (--baseline DIR), to measure a change side by side.
