@@ -1,14 +1,19 @@
 """The errors the service refuses or fails a request with, whatever the transport.
 
 Each error has a machine-readable `code` and a `message` a user can act on; some carry a fact a transport
-answers with (`Unavailable.retry_after`, `RateLimited.retry_after_s`, `Unauthorized.key_given`). None knows a status code: each transport
-maps them to its own (`app.transport.http.errors` for HTTP). Errors pickle with their attributes, so the
+answers with (`retry_after` of the refusals a client may retry, `RETRYABLE`; `Unauthorized.key_given`).
+None knows a status code: each transport maps them to its own (`app.transport.http.errors`,
+`app.transport.grpc.errors`, each through `nearest_listed`). Errors pickle with their attributes, so the
 inference process can send one back to a front-end worker as it was raised.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ServiceError(Exception):
@@ -61,7 +66,7 @@ class RateLimited(ServiceError):
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self.retry_after = max(1, math.ceil(retry_after_s))  # whole seconds, as `Unavailable.retry_after`
 
 
 class ModelNotFound(ServiceError):
@@ -138,3 +143,15 @@ class InferenceFailed(ServiceError):
 
     def __str__(self) -> str:
         return f"{self.message}: {type(self.cause).__name__}: {self.cause}"
+
+
+# The refusals a client may retry, each with `retry_after`: whole seconds to wait, at least 1 for a key's quota.
+RETRYABLE = (Unavailable, RateLimited)
+
+
+def nearest_listed(table: Mapping[type[ServiceError], T], exc: ServiceError) -> T:
+    """The entry of `table` for `exc`'s class, or for its nearest listed ancestor (a transport's status map)."""
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]  # type: ignore[index]  # cls is a ServiceError class here
+    raise TypeError(f"{type(exc).__name__} is not a ServiceError")

@@ -4,9 +4,8 @@ known input set, taken as the server takes them.
 A `ReferenceSet` is the inputs, preprocessed as served, with their true labels when known: the held-out
 split of a training run (`held_out`) or the sample photos of scikit-image and scikit-learn
 (`sample_photos`, for the ImageNet classifier, which has no held-out set here). `reference_profile` runs
-them through an ONNX Runtime session and turns the scores into top-1 labels and confidences exactly as
-`app.models.request_pipeline` does: float32 softmax of logits (probabilities as given), top-1 the first
-highest score.
+them through an ONNX Runtime session and turns the scores into top-1 labels and confidences as the server
+does: `model_repository.scores.class_probabilities`, top-1 the first highest score.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from model_repository import ImagePreprocessing
 from model_repository.image_transform import image_to_array
 from model_repository.reference import ReferenceProfile, ReferenceSource, profile_of
+from model_repository.scores import class_probabilities
 from training.data.sample_photos import sample_photos
 from training.export import InputBatch, run_session
 from training.image_spec import INPUT_NAME
@@ -83,10 +83,7 @@ def served_top1(
     outputs: np.ndarray, output_type: Literal["logits", "probabilities"]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 label index and score per row, as the server answers them."""
-    scores = outputs.astype(np.float32, copy=False)
-    if output_type == "logits":
-        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-        scores /= scores.sum(axis=1, keepdims=True)
+    scores = class_probabilities(outputs, output_type)
     predicted = scores.argmax(axis=1)
     return predicted, scores[np.arange(len(scores)), predicted]
 

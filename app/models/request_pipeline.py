@@ -31,6 +31,7 @@ from app.observability import tracing
 from app.observability.quality import VersionQuality
 from model_repository import ModelConfig
 from model_repository.schema import TEXT_INPUT_IDS
+from model_repository.scores import class_probabilities
 
 Row = dict[str, np.ndarray]
 
@@ -150,7 +151,7 @@ class RequestPipeline:
             self.inference_seconds.observe(finished - ran)
         probabilities = None
         if self.quality is not None or any(requests[index].answer == "predictions" for index in good):
-            probabilities = self._probabilities(outputs[0])
+            probabilities = class_probabilities(outputs[0], self.config.output_type)
             if self.quality is not None:
                 self.quality.observe(probabilities)
         start = 0
@@ -210,14 +211,6 @@ class RequestPipeline:
 
     def _collate(self, rows: list[Row]) -> Feeds:
         return collate(rows, self._pad_values, left=self._pad_left)
-
-    def _probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """The class probabilities of a batch's scores (its first output): a softmax of logits."""
-        scores = scores.astype(np.float32, copy=False)
-        if self.config.output_type == "logits":
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
-        return scores
 
     def _tensors(self, request: WorkRequest, outputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         output_names = self._output_names

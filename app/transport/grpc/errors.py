@@ -9,11 +9,10 @@ cause.
 
 from __future__ import annotations
 
-import math
-
 import grpc
 
 from app.errors import (
+    RETRYABLE,
     ClientDisconnected,
     DeadlineExceeded,
     Forbidden,
@@ -28,6 +27,7 @@ from app.errors import (
     Unavailable,
     UnprocessableInput,
     UnsupportedMediaType,
+    nearest_listed,
 )
 
 ERROR_CODE_KEY = "x-error-code"
@@ -54,16 +54,11 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
 
 
 def status_code_for(exc: ServiceError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]  # cls is a ServiceError class here
-    raise TypeError(f"{type(exc).__name__} is not a ServiceError")
+    return nearest_listed(STATUS_CODES, exc)
 
 
 def trailers_for(exc: ServiceError) -> list[tuple[str, str]]:
     trailers = [(ERROR_CODE_KEY, exc.code)]
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, RETRYABLE):
         trailers.append((RETRY_AFTER_KEY, str(exc.retry_after)))
-    elif isinstance(exc, RateLimited):
-        trailers.append((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s)))))
     return trailers

@@ -10,7 +10,6 @@ Refusals (4xx, 503; 429 for a key over its quota) are logged at debug level only
 from __future__ import annotations
 
 import logging
-import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from app.errors import (
+    RETRYABLE,
     ClientDisconnected,
     Forbidden,
     InferenceFailed,
@@ -33,6 +33,7 @@ from app.errors import (
     Unavailable,
     UnprocessableInput,
     UnsupportedMediaType,
+    nearest_listed,
 )
 from app.observability.logs import new_error_id, with_error_id
 
@@ -57,10 +58,7 @@ STATUS_CODES: dict[type[ServiceError], int] = {
 
 
 def status_code_for(exc: ServiceError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]  # cls is a ServiceError class here
-    raise TypeError(f"{type(exc).__name__} is not a ServiceError")
+    return nearest_listed(STATUS_CODES, exc)
 
 
 def headers_for(exc: ServiceError) -> dict[str, str] | None:
@@ -70,10 +68,8 @@ def headers_for(exc: ServiceError) -> dict[str, str] | None:
     challenge of RFC 6750 (which says when a key was wrong) for a missing or wrong key."""
     if isinstance(exc, IntakeStopped):
         return {"Retry-After": str(exc.retry_after), "Connection": "close"}
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, RETRYABLE):
         return {"Retry-After": str(exc.retry_after)}
-    if isinstance(exc, RateLimited):
-        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="model-serving"' + (', error="invalid_token"' if exc.key_given else "")}
     return None
